@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` and `make test`. Each sets up a
+# virtual environment on first use (torch first, so the project never pulls a
+# second torch build), then runs. Override PYTHON, VENV or TORCH as needed;
+# VENV_ARGS=--system-site-packages keeps a torch (e.g. CUDA) already installed.
+PYTHON ?= python3
+VENV ?= .venv
+VENV_ARGS ?=
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo-output
+
+.PHONY: setup demo test test-all bench lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_ARGS) $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/python examples/demo.py --out $(DEMO_DIR)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check anodiff cli tests examples benchmarks
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

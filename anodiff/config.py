@@ -1,0 +1,185 @@
+"""Typed configuration: frozen dataclasses, read from YAML, changed by dotted overrides.
+
+One dataclass per section, nested in :class:`RunConfig`. The loader uses
+``yaml.safe_load`` (a config never runs code), rejects unknown keys naming the
+file, the dotted key and the nearest valid key, converts YAML lists to tuples
+and strings to paths, and resolves relative paths against the YAML file.
+Overrides (``train.lr=1e-4``) are parsed as YAML scalars and go through the same
+checks. ``__post_init__`` checks ranges, so an invalid config cannot exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from anodiff.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """How cases become network inputs (see :mod:`anodiff.data.transforms`)."""
+
+    modalities: tuple[str, ...] | None = None  # None: those every training case has
+    spacing_mm: tuple[float, float, float] | None = None  # resample first; None keeps the scan's grid
+    image_size: int = 128  # in-plane size (and depth in 3D) after crop to the brain
+    percentiles: tuple[float, float] = (0.5, 99.5)  # intensity range inside the brain mapped to [0, 1]
+    crop_margin: int = 2  # voxels kept around the brain's bounding box
+    slice_range: tuple[float, float] = (0.0, 1.0)  # axial slices kept, as fractions of the brain's extent
+    min_brain_fraction: float = 0.05  # slices with less brain than this share of the slice are dropped
+    healthy_only: bool = True  # keep only slices without a label voxel (unsupervised training)
+    cache_dir: Path | None = None  # persistent cache of preprocessed volumes; None caches in memory
+
+    def __post_init__(self) -> None:
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ConfigError(f"data.percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+        if self.image_size < 8 or self.image_size % 8:
+            raise ConfigError(f"data.image_size must be a multiple of 8 (>= 8), got {self.image_size}")
+        a, b = self.slice_range
+        if not 0 <= a < b <= 1:
+            raise ConfigError(f"data.slice_range must satisfy 0 <= start < end <= 1, got {self.slice_range}")
+        if not 0 <= self.min_brain_fraction < 1:
+            raise ConfigError(f"data.min_brain_fraction must be in [0, 1), got {self.min_brain_fraction}")
+        if self.spacing_mm is not None and min(self.spacing_mm) <= 0:
+            raise ConfigError(f"data.spacing_mm must be positive, got {self.spacing_mm}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """A whole recipe: one field per section."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML recipe (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    base_dir = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        base_dir = path.parent
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read config ({err})") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a config must be a mapping of sections")
+    for item in overrides:
+        _set_dotted(raw, item)
+    return build(RunConfig, raw, source=source, base_dir=base_dir)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A plain, YAML-safe dict (tuples as lists, paths as strings)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return plain(config)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def with_overrides(config: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+    """Apply ``key=value`` overrides to an existing config (checked like a file)."""
+    raw = config_to_dict(config)
+    for item in overrides:
+        _set_dotted(raw, item)
+    return build(RunConfig, raw, source="overrides", base_dir=Path.cwd())
+
+
+def _set_dotted(raw: dict[str, Any], item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{item}': expected key=value, e.g. train.lr=1e-4")
+    node = raw
+    *parents, leaf = key.strip().split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{item}': '{part}' is not a section")
+    node[leaf] = yaml.safe_load(value) if value.strip() else None
+
+
+def build(cls: type, raw: Any, *, source: str, base_dir: Path, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a raw mapping, checking keys and types."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'config'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, source=source, base_dir=base_dir, key=f"{prefix}{key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{source}: {err}") from err
+
+
+def _coerce(hint: Any, value: Any, *, source: str, base_dir: Path, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(option, value, source=source, base_dir=base_dir, key=key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, source=source, base_dir=base_dir, prefix=f"{key}.")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: '{key}' must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, source=source, base_dir=base_dir, key=key) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{source}: '{key}' must have {len(args)} items, got {len(value)}")
+        return tuple(_coerce(a, v, source=source, base_dir=base_dir, key=key) for a, v in zip(args, value))
+    if hint is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: '{key}' must be a path, got {value!r}")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base_dir / path
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    if hint is Any:
+        return value
+    raise ConfigError(f"{source}: '{key}' must be {getattr(hint, '__name__', hint)}, got {value!r}")

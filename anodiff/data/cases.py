@@ -1,0 +1,223 @@
+"""Find the cases in a data set folder or datalist, whatever its layout.
+
+A case is a set of co-registered modalities and an optional label. Layouts
+recognised by file name (any folder depth up to ``max_depth``):
+
+* BraTS 2020/2021: ``<id>_flair``, ``_t1``, ``_t1ce``, ``_t2``, ``_seg`` (labels 1/2/4);
+* BraTS 2023+: ``<id>-t2f``, ``-t1n``, ``-t1c``, ``-t2w``, ``-seg`` (labels 1/2/3);
+* IXI: ``IXI002-Guys-0828-T1`` (healthy volumes, modalities t1/t2/pd/mra);
+* any other NIfTI/MetaImage/NRRD file: a case of its own, one modality;
+* a MONAI-style datalist JSON (``{"training": [{"image": ..., "label": ...}]}``,
+  or one key per modality), paths relative to the JSON file.
+
+Modality names are lower case and follow BraTS 2021 (``flair``, ``t1``, ``t1ce``,
+``t2``). Data sets with fewer modalities are normal. Discovery reads no voxels;
+what cannot be used is returned with the reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from anodiff.errors import DataError
+from anodiff.io import image_suffix, strip_image_suffix
+
+BRATS2023_MODALITIES = {"t2f": "flair", "t1n": "t1", "t1c": "t1ce", "t2w": "t2"}
+_BRATS2021 = re.compile(r"^(?P<id>.+)_(?P<mod>flair|t1ce|t1|t2|seg)$", re.IGNORECASE)
+_BRATS2023 = re.compile(r"^(?P<id>.+)-(?P<mod>t2f|t1n|t1c|t2w|seg)$", re.IGNORECASE)
+_IXI = re.compile(r"^(?P<id>IXI\d+-[A-Za-z]+-\d+)-(?P<mod>T1|T2|PD|MRA|DTI)$")
+_IGNORED_NAMES = {"cohort.json", "readme.md", "readme.txt", ".ds_store"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One subject: modality name -> image path, and the label path if any."""
+
+    id: str
+    images: dict[str, Path]
+    label: Path | None = None
+    layout: str = "folder"
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.images)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Something found under the data root that is not used, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """The cases found under a root, and what was skipped."""
+
+    root: Path
+    cases: list[Case]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        return tuple(sorted({c.layout for c in self.cases}))
+
+
+def discover(root: str | Path, *, max_depth: int = 3, default_modality: str = "image") -> Discovery:
+    """Find the cases under a folder, or listed in a datalist JSON file.
+
+    Raises:
+        DataError: when ``root`` does not exist or is neither a folder nor a JSON file.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: no such file or folder")
+    if root.is_file():
+        if root.suffix.lower() != ".json":
+            raise DataError(f"{root}: give a data folder or a datalist .json file")
+        return _discover_datalist(root)
+    return _discover_folder(root, max_depth=max_depth, default_modality=default_modality)
+
+
+def select_modalities(cases: list[Case], modalities: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The modalities to use: the requested ones, or those every case has (in BraTS order)."""
+    if not cases:
+        raise DataError("no cases to choose modalities from")
+    if modalities:
+        missing = [c.id for c in cases if not set(modalities) <= set(c.images)]
+        if missing:
+            raise DataError(
+                f"{len(missing)} case(s) lack one of the modalities {list(modalities)} "
+                f"(first: {missing[0]} has {list(next(c for c in cases if c.id == missing[0]).images)})"
+            )
+        return tuple(modalities)
+    common = set.intersection(*(set(c.images) for c in cases))
+    if not common:
+        raise DataError("the cases share no modality; choose one with data.modalities")
+    order = ["flair", "t1", "t1ce", "t2", "pd"]
+    return tuple(sorted(common, key=lambda m: (order.index(m) if m in order else len(order), m)))
+
+
+# ---------------------------------------------------------------- folders
+
+
+def _discover_folder(root: Path, *, max_depth: int, default_modality: str) -> Discovery:
+    groups: dict[str, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
+    layouts: dict[str, str] = {}
+    skipped: list[Skipped] = []
+    for path in _walk(root, max_depth):
+        if image_suffix(path) is None:
+            if path.name.lower() not in _IGNORED_NAMES:
+                skipped.append(Skipped(path, "not an image file (.nii, .nii.gz, .mha, .mhd, .nrrd)"))
+            continue
+        case_id, modality, layout = _parse_name(path, root, default_modality)
+        groups[case_id][modality].append(path)
+        layouts.setdefault(case_id, layout)
+
+    cases = []
+    for case_id in sorted(groups):
+        files = groups[case_id]
+        duplicated = {m: ps for m, ps in files.items() if len(ps) > 1}
+        if duplicated:
+            mod, paths = next(iter(duplicated.items()))
+            skipped.append(Skipped(paths[0].parent, f"case {case_id}: {len(paths)} files for modality '{mod}'"))
+            continue
+        label = files.pop("seg", [None])[0]
+        if not files:
+            skipped.append(Skipped(label, f"case {case_id}: a label without any image"))
+            continue
+        images = {m: ps[0] for m, ps in sorted(files.items())}
+        cases.append(Case(id=case_id, images=images, label=label, layout=layouts[case_id]))
+    return Discovery(root=root, cases=cases, skipped=skipped)
+
+
+def _walk(root: Path, max_depth: int):
+    """Files under root up to max_depth levels, sorted, skipping hidden entries."""
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() and max_depth > 1:
+            yield from _walk(entry, max_depth - 1)
+        elif entry.is_file():
+            yield entry
+
+
+def _parse_name(path: Path, root: Path, default_modality: str) -> tuple[str, str, str]:
+    """(case id, modality, layout) from a file name."""
+    stem = strip_image_suffix(path)
+    if m := _BRATS2023.match(stem):
+        mod = m["mod"].lower()
+        return m["id"], BRATS2023_MODALITIES.get(mod, mod), "brats2023"
+    if m := _BRATS2021.match(stem):
+        return m["id"], m["mod"].lower(), "brats2021"
+    if m := _IXI.match(stem):
+        return m["id"], m["mod"].lower(), "ixi"
+    # Any other file is a case of its own; its folder path keeps ids unique.
+    relative = path.relative_to(root).parent / stem
+    return relative.as_posix(), default_modality, "folder"
+
+
+# ---------------------------------------------------------------- datalists
+
+
+def _discover_datalist(path: Path) -> Discovery:
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not a readable JSON datalist ({err})") from err
+    if isinstance(content, list):
+        entries = content
+    elif isinstance(content, dict):
+        sections = [k for k in ("training", "validation", "test") if k in content]
+        if not sections:
+            raise DataError(f"{path}: a datalist needs a 'training', 'validation' or 'test' list")
+        entries = [e for k in sections for e in content[k]]
+    else:
+        raise DataError(f"{path}: a datalist must be a JSON object or list")
+    names = content.get("modalities") if isinstance(content, dict) else None
+
+    root = path.parent.resolve()
+    cases, skipped = [], []
+    for index, entry in enumerate(entries):
+        try:
+            cases.append(_datalist_case(entry, index, root, names))
+        except DataError as err:
+            skipped.append(Skipped(path, f"entry {index}: {err}"))
+    return Discovery(root=root, cases=cases, skipped=skipped)
+
+
+def _datalist_case(entry, index: int, root: Path, names: list[str] | None) -> Case:
+    if isinstance(entry, str):
+        entry = {"image": entry}
+    if not isinstance(entry, dict):
+        raise DataError("an entry must be an object or a path")
+    images: dict[str, Path] = {}
+    image = entry.get("image")
+    if isinstance(image, str):
+        images[(names or ["image"])[0].lower()] = _inside(root, image)
+    elif isinstance(image, list):
+        if names and len(names) != len(image):
+            raise DataError(f"{len(image)} images but {len(names)} modality names")
+        for i, p in enumerate(image):
+            images[names[i].lower() if names else f"image{i}"] = _inside(root, p)
+    for key, value in entry.items():
+        if key not in ("image", "label", "id") and isinstance(value, str):
+            images[key.lower()] = _inside(root, value)
+    if not images:
+        raise DataError("no image path")
+    label = _inside(root, entry["label"]) if entry.get("label") else None
+    case_id = str(entry.get("id") or strip_image_suffix(next(iter(images.values()))))
+    return Case(id=case_id, images=images, label=label, layout="datalist")
+
+
+def _inside(root: Path, relative: str) -> Path:
+    """Resolve a datalist path against root, refusing one that escapes it."""
+    resolved = (root / relative).resolve()
+    if not resolved.is_relative_to(root):
+        raise DataError(f"path '{relative}' lies outside the data root {root}")
+    return resolved

@@ -1,0 +1,130 @@
+"""Preprocessed volumes, cached once, and the 2D axial slice data set built on them.
+
+Each case goes through the preprocessing chain once: in memory (MONAI
+``CacheDataset``) or on disk (``PersistentDataset``, keyed on the case's paths
+and the chain), so an epoch never re-reads NIfTI files. :class:`SliceDataset`
+indexes the axial slices of the cached volumes that hold enough brain, within
+a range of the brain's extent, and, for unsupervised training, with no label
+voxel at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from monai.data import CacheDataset, PersistentDataset
+
+from anodiff.config import DataConfig
+from anodiff.data.cases import Case
+from anodiff.data.transforms import BRAIN, IMAGE, LABEL, case_item, preprocessing
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+
+
+def volume_dataset(
+    cases: Sequence[Case],
+    modalities: tuple[str, ...],
+    cfg: DataConfig,
+    *,
+    with_label: bool,
+    spatial_dims: int = 2,
+) -> CacheDataset | PersistentDataset:
+    """Preprocessed volumes, each computed once (memory, or ``cfg.cache_dir`` on disk)."""
+    items = [case_item(c, modalities) for c in cases]
+    if with_label:
+        missing = [c.id for c in cases if c.label is None]
+        if missing:
+            log.info("%d case(s) have no label and count as healthy: %s", len(missing), ", ".join(missing[:5]))
+    chain = preprocessing(cfg, with_label=with_label, spatial_dims=spatial_dims)
+    if cfg.cache_dir is not None:
+        return PersistentDataset(items, transform=chain, cache_dir=cfg.cache_dir)
+    # copy_cache=False: the chain is deterministic and readers never write into the cache.
+    return CacheDataset(items, transform=chain, cache_rate=1.0, num_workers=0, progress=False, copy_cache=False)
+
+
+@dataclass(frozen=True)
+class SliceRef:
+    volume: int
+    z: int
+
+
+def select_slices(volume: dict[str, Any], cfg: DataConfig, *, healthy_only: bool) -> list[int]:
+    """Axial indices z of one preprocessed volume that a 2D data set keeps.
+
+    A slice is kept when its brain area is at least ``cfg.min_brain_fraction`` of
+    the slice, it lies within ``cfg.slice_range`` of the brain's axial extent and,
+    with ``healthy_only``, it has no label voxel.
+    """
+    brain = volume[BRAIN][0] > 0  # (X, Y, Z)
+    area = brain.sum(dim=(0, 1)).float() / (brain.shape[0] * brain.shape[1])
+    z_brain = torch.nonzero(area > 0).flatten()
+    if z_brain.numel() == 0:
+        return []
+    first, last = int(z_brain[0]), int(z_brain[-1])
+    extent = last - first + 1
+    lo = first + int(cfg.slice_range[0] * extent)
+    hi = first + int(round(cfg.slice_range[1] * extent))
+    keep = torch.zeros_like(area, dtype=torch.bool)
+    keep[lo:hi] = True
+    keep &= area >= cfg.min_brain_fraction
+    if healthy_only and LABEL in volume:
+        keep &= (volume[LABEL][0] > 0).sum(dim=(0, 1)) == 0
+    return torch.nonzero(keep).flatten().tolist()
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """Axial 2D slices of cached, preprocessed volumes.
+
+    Item: ``image`` (C, H, W) float32 in [0, 1], ``brain`` (1, H, W) in {0, 1},
+    ``label`` (1, H, W) in {0, 1} (whole lesion; zeros for unlabelled cases),
+    ``case_id`` and ``z``.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[Case],
+        modalities: tuple[str, ...],
+        cfg: DataConfig,
+        *,
+        healthy_only: bool | None = None,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.cases = list(cases)
+        self.healthy_only = cfg.healthy_only if healthy_only is None else healthy_only
+        with_label = any(c.label is not None for c in self.cases)
+        cached = volume_dataset(self.cases, modalities, cfg, with_label=with_label)
+        # Plain tensors held once: a slice lookup then copies nothing and reads no file.
+        self.volumes: list[dict[str, torch.Tensor]] = []
+        self.refs: list[SliceRef] = []
+        for index in range(len(cached)):
+            volume = {k: torch.as_tensor(v).float() for k, v in cached[index].items() if k in (IMAGE, BRAIN, LABEL)}
+            self.volumes.append(volume)
+            zs = select_slices(volume, cfg, healthy_only=self.healthy_only)
+            self.refs += [SliceRef(index, z) for z in zs]
+            if progress is not None:
+                progress(index + 1, len(cached))
+        log.info("%d slices from %d volumes (healthy_only=%s)", len(self.refs), len(self.volumes), self.healthy_only)
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ref = self.refs[index]
+        volume = self.volumes[ref.volume]
+        item = {
+            IMAGE: volume[IMAGE][..., ref.z],
+            BRAIN: volume[BRAIN][..., ref.z],
+            "case_id": self.cases[ref.volume].id,
+            "z": ref.z,
+        }
+        if LABEL in volume:
+            item[LABEL] = (volume[LABEL][..., ref.z] > 0).float()
+        else:
+            item[LABEL] = torch.zeros_like(item[BRAIN])
+        return item

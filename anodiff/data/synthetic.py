@@ -1,0 +1,437 @@
+"""A synthetic multi-contrast brain cohort with simulated lesions and their ground truth.
+
+Built from the MNI152 (ICBM 2009a) T1 template, grey- and white-matter
+probability maps and brain mask that nilearn ships, so nothing is downloaded.
+Each subject is the template warped and re-imaged:
+
+* anatomy: a random rigid tilt (up to 4 degrees), scaling (+-6 %) and a smooth
+  random deformation (about 2.5 mm on a 6x6x6 control grid);
+* imaging: per-subject voxel spacing (in-plane 1-1.25x, slices 1-1.6x the base
+  spacing), axis order RAS or LPS, per-modality tissue contrast jitter, a smooth
+  multiplicative bias field and Rician noise; skull-stripped, 0 outside the brain
+  (as BraTS ships its data);
+* four contrasts, t1 / t1ce / t2 / flair, rendered from CSF/GM/WM partial volumes
+  with tissue intensities in the usual order for each contrast.
+
+Lesion kinds (``LESION_KINDS``), chosen so that a FLAIR intensity threshold can
+find some and not others:
+
+* ``glioma``: necrotic core (label 1), enhancing ring (label 4) and surrounding
+  oedema in white matter (label 2), BraTS 2021 labels. Bright on FLAIR/T2, ring-
+  enhancing on t1ce, with mild mass effect. A FLAIR threshold finds it.
+* ``wm_lesions``: 4-12 small white-matter lesions (radius 2-5 mm), FLAIR a little
+  brighter than cortex, a little darker than white matter on T1. Label 1.
+  A FLAIR threshold also fires on cortex.
+* ``t1_hypo``: one or two lesions dark on T1/t1ce (CSF-like), mildly bright on
+  T2 and near-normal on FLAIR (chronic "black holes"). Label 1.
+* ``mass``: a large peripheral space-occupying lesion that is near isointense to
+  grey matter on FLAIR, enhances homogeneously on t1ce and pushes the
+  surrounding anatomy away (strong mass effect). Label 1.
+
+Output is the BraTS 2021 layout (``<id>/<id>_t1.nii.gz`` ... ``<id>_seg.nii.gz``,
+int16 images, uint8 labels) plus ``cohort.json`` describing every case (kind,
+lesion volume, spacing). A case is a pure function of ``(seed, index)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from anodiff.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+LESION_KINDS = ("glioma", "wm_lesions", "t1_hypo", "mass")
+
+# Relative tissue intensities (csf, gm, wm) per contrast; orders as in clinical
+# MRI: T1 csf < gm < wm, T2 csf > gm > wm, FLAIR csf (suppressed) < wm < gm.
+TISSUE_MEANS = {
+    "t1": (0.25, 0.55, 0.80),
+    "t1ce": (0.25, 0.57, 0.78),
+    "t2": (1.00, 0.60, 0.42),
+    "flair": (0.12, 0.62, 0.48),
+}
+# Lesion compartment intensities per contrast (t1, t1ce, t2, flair).
+LESION_MEANS = {
+    "oedema": (0.45, 0.45, 0.85, 0.92),
+    "enhancing": (0.55, 1.15, 0.70, 0.80),
+    "necrosis": (0.28, 0.30, 0.95, 0.55),
+    "wm_lesion": (0.66, 0.66, 0.72, 0.68),
+    "t1_hypo": (0.33, 0.33, 0.62, 0.51),
+    "mass": (0.58, 0.98, 0.62, 0.61),
+}
+STORED_SCALE = 1000.0  # images are written as int16: relative intensity x 1000
+_FOV_MARGIN_MM = 12.0
+
+
+@dataclass(frozen=True)
+class CaseInfo:
+    """What ``cohort.json`` records of one synthetic case."""
+
+    id: str
+    kind: str  # "healthy" or one of LESION_KINDS
+    num_lesions: int
+    lesion_voxels: int
+    lesion_ml: float
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    orientation: str
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One rendered subject: contrasts and label on one grid, ``affine`` voxel -> RAS mm."""
+
+    images: dict[str, np.ndarray]  # modality -> (X, Y, Z) float32, relative intensity
+    label: np.ndarray  # (X, Y, Z) uint8, BraTS 2021 labels
+    affine: np.ndarray
+    num_lesions: int
+
+
+# ---------------------------------------------------------------- atlas
+
+
+@dataclass(frozen=True)
+class _Atlas:
+    csf: np.ndarray
+    gm: np.ndarray
+    wm: np.ndarray
+    brain: np.ndarray
+    affine: np.ndarray  # template voxel -> MNI mm
+    box_mm: tuple[np.ndarray, np.ndarray]  # brain bounding box (min, max) in mm
+
+
+@lru_cache(maxsize=1)
+def _atlas() -> _Atlas:
+    from nilearn import datasets  # heavy import, only for synthesis
+
+    gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).get_fdata(), np.float32)
+    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(), np.float32)
+    brain_img = datasets.load_mni152_brain_mask(resolution=1)
+    brain = np.asarray(brain_img.get_fdata(), np.float32)
+    csf = np.clip(brain - gm - wm, 0.0, 1.0)
+    affine = brain_img.affine
+    idx = np.argwhere(brain > 0.5)
+    corners = np.c_[[idx.min(0), idx.max(0)], [1, 1]] @ affine.T
+    return _Atlas(csf, gm, wm, brain, affine, (corners[0, :3], corners[1, :3]))
+
+
+# ---------------------------------------------------------------- subject
+
+
+def render_subject(seed: int, index: int, kind: str | None, *, spacing_mm: float = 1.0,
+                   with_lesion: bool = True) -> Subject:
+    """Render case ``index`` of the cohort with ``seed``; ``kind`` None is healthy.
+
+    ``with_lesion=False`` renders the same subject (anatomy, contrast, noise)
+    without its lesion, which is how the tests check that a label covers exactly
+    the voxels a lesion changed.
+    """
+    if kind is not None and kind not in LESION_KINDS:
+        raise DataError(f"unknown lesion kind '{kind}'; choose from {', '.join(LESION_KINDS)}")
+    streams = np.random.SeedSequence([seed, index]).spawn(4)
+    anatomy_rng, imaging_rng, lesion_rng, noise_rng = (np.random.default_rng(s) for s in streams)
+    atlas = _atlas()
+
+    affine, shape = _subject_grid(atlas, imaging_rng, spacing_mm)
+    world = _world_coordinates(affine, shape)  # (3, X, Y, Z) mm, subject space
+    to_template = _random_warp(anatomy_rng, shape, world, atlas)
+    tissues = _sample_tissues(atlas, to_template(world))
+
+    label = np.zeros(shape, np.uint8)
+    compartments: list[tuple[str, np.ndarray]] = []
+    num_lesions = 0
+    if kind is not None:
+        plan = _plan_lesions(kind, lesion_rng, world, tissues, affine)
+        num_lesions = len(plan.centres)
+        if with_lesion:
+            if plan.push_mm > 0:
+                displaced = _mass_effect(world, plan.centres[0], plan.radii[0].max(), plan.push_mm)
+                tissues = _sample_tissues(atlas, to_template(displaced))
+            compartments, label = _lesion_compartments(kind, plan, world, tissues, lesion_rng)
+
+    contrast = _contrast(imaging_rng)
+    images = {}
+    for m, modality in enumerate(MODALITIES):
+        image = sum(tissues[t] * contrast[modality][i] for i, t in enumerate(("csf", "gm", "wm")))
+        for name, weight in compartments:
+            image = (1 - weight) * image + weight * LESION_MEANS[name][m] * contrast["lesion_gain"][m]
+        bias = np.exp(_smooth_field(imaging_rng, shape, 4, 0.08))
+        images[modality] = (image * bias).astype(np.float32)
+    noise_sigma = noise_rng.uniform(0.01, 0.03)
+    for modality in MODALITIES:
+        real = images[modality] + noise_rng.normal(0, noise_sigma, shape).astype(np.float32)
+        imag = noise_rng.normal(0, noise_sigma, shape).astype(np.float32)
+        images[modality] = np.where(tissues["brain"], np.sqrt(real**2 + imag**2), 0).astype(np.float32)
+    return Subject(images=images, label=label, affine=affine, num_lesions=num_lesions)
+
+
+def _subject_grid(atlas: _Atlas, rng: np.random.Generator, base_mm: float) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Voxel spacing, axis flips and field of view of one subject's images."""
+    in_plane = base_mm * rng.uniform(1.0, 1.25)
+    spacing = np.array([in_plane, in_plane, base_mm * rng.uniform(1.0, 1.6)])
+    lo, hi = atlas.box_mm[0] - _FOV_MARGIN_MM, atlas.box_mm[1] + _FOV_MARGIN_MM
+    shape = tuple(int(math.ceil(e)) for e in (hi - lo) / spacing)
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = lo
+    if rng.random() < 0.5:  # LPS-ordered voxels, as DICOM-derived scans often are
+        affine[0, 0], affine[1, 1] = -spacing[0], -spacing[1]
+        affine[0, 3], affine[1, 3] = lo[0] + (shape[0] - 1) * spacing[0], lo[1] + (shape[1] - 1) * spacing[1]
+    return affine, shape  # type: ignore[return-value]
+
+
+def _world_coordinates(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    grid = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    world = affine[:3, :3].astype(np.float32) @ grid + affine[:3, 3:4].astype(np.float32)
+    return world.reshape(3, *shape)
+
+
+def _random_warp(rng: np.random.Generator, shape, world: np.ndarray, atlas: _Atlas):
+    """A subject -> template map: rigid tilt and scaling about the brain centre, plus a smooth warp."""
+    centre = ((atlas.box_mm[0] + atlas.box_mm[1]) / 2).astype(np.float32)
+    angles = np.deg2rad(rng.uniform(-4, 4, 3))
+    rotation = _rotation(*angles) / rng.uniform(0.94, 1.06, 3)[:, None]
+    displacement = np.stack([_smooth_field(rng, shape, 6, 2.5) for _ in range(3)])
+
+    def to_template(points: np.ndarray) -> np.ndarray:
+        flat = points.reshape(3, -1) - centre[:, None]
+        moved = (rotation.astype(np.float32) @ flat + centre[:, None]).reshape(points.shape)
+        return moved + displacement
+
+    return to_template
+
+
+def _sample_tissues(atlas: _Atlas, template_mm: np.ndarray) -> dict[str, np.ndarray]:
+    """Trilinear samples of the tissue maps at template-space points (3, X, Y, Z)."""
+    inverse = np.linalg.inv(atlas.affine).astype(np.float32)
+    flat = template_mm.reshape(3, -1)
+    voxels = inverse[:3, :3] @ flat + inverse[:3, 3:4]
+
+    def sample(volume: np.ndarray) -> np.ndarray:
+        return ndimage.map_coordinates(volume, voxels, order=1, mode="constant").reshape(template_mm.shape[1:])
+
+    brain = sample(atlas.brain) > 0.5
+    parts = {name: np.where(brain, sample(getattr(atlas, name)), 0) for name in ("csf", "gm", "wm")}
+    total = np.maximum(parts["csf"] + parts["gm"] + parts["wm"], 1e-3)
+    tissues = {name: (p / total).astype(np.float32) for name, p in parts.items()}
+    tissues["brain"] = brain
+    return tissues
+
+
+def _contrast(rng: np.random.Generator) -> dict:
+    """Per-subject tissue and lesion intensity jitter (about +-6 %)."""
+    out = {m: tuple(v * rng.uniform(0.94, 1.06) for v in TISSUE_MEANS[m]) for m in MODALITIES}
+    out["lesion_gain"] = tuple(rng.uniform(0.94, 1.06) for _ in MODALITIES)
+    return out
+
+
+def _smooth_field(rng: np.random.Generator, shape, control_points: int, sigma: float) -> np.ndarray:
+    """A smooth random field: normal values on a coarse grid, interpolated to ``shape``."""
+    coarse = rng.normal(0, sigma, (control_points,) * 3).astype(np.float32)
+    factors = [s / control_points for s in shape]
+    field = ndimage.zoom(coarse, factors, order=1, mode="nearest", grid_mode=True)
+    return field[: shape[0], : shape[1], : shape[2]]
+
+
+def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+# ---------------------------------------------------------------- lesions
+
+
+@dataclass(frozen=True)
+class _LesionPlan:
+    centres: list[np.ndarray]  # mm, subject space
+    radii: list[np.ndarray]  # mm, per axis
+    rotations: list[np.ndarray]
+    push_mm: float  # mass effect at the first lesion's boundary
+
+
+def _plan_lesions(kind: str, rng: np.random.Generator, world: np.ndarray, tissues: dict, affine) -> _LesionPlan:
+    """Where the lesions go and how large they are, from the healthy anatomy."""
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    depth_mm = ndimage.distance_transform_edt(tissues["brain"], sampling=spacing)
+    wm = tissues["wm"]
+    if kind == "glioma":
+        count, radius, where, push = 1, (9.0, 18.0), (wm > 0.6) & (depth_mm > 28), 0.45
+    elif kind == "wm_lesions":
+        count, radius, where, push = int(rng.integers(4, 13)), (2.0, 5.0), (wm > 0.8) & (depth_mm > 10), 0.0
+    elif kind == "t1_hypo":
+        count, radius, where, push = int(rng.integers(1, 3)), (6.0, 11.0), (wm > 0.7) & (depth_mm > 18), 0.0
+    else:  # mass
+        count, radius, where, push = 1, (13.0, 20.0), (depth_mm > 10) & (depth_mm < 18), 0.8
+    candidates = np.argwhere(where)
+    if len(candidates) == 0:
+        candidates = np.argwhere(tissues["brain"])
+    centres, radii, rotations = [], [], []
+    for _ in range(count):
+        voxel = candidates[rng.integers(len(candidates))]
+        centres.append(world[(slice(None), *voxel)].astype(np.float32))
+        r = rng.uniform(*radius)
+        radii.append((r * rng.uniform(0.75, 1.25, 3)).astype(np.float32))
+        rotations.append(_rotation(*rng.uniform(-np.pi, np.pi, 3)).astype(np.float32))
+    return _LesionPlan(centres, radii, rotations, push * float(radii[0].max()))
+
+
+def _mass_effect(world: np.ndarray, centre: np.ndarray, radius: float, push_mm: float) -> np.ndarray:
+    """Points to sample the healthy anatomy at, so tissue is pushed away from ``centre``.
+
+    Radial map d -> d - push * g(d), g(d) = min(d / radius, 1) * exp(-(d / 2.5 radius)^2),
+    monotonic for push < radius, so the anatomy is displaced, never folded.
+    """
+    offset = world - centre[:, None, None, None]
+    dist = np.sqrt((offset**2).sum(0)) + 1e-6
+    g = np.minimum(dist / radius, 1.0) * np.exp(-((dist / (2.5 * radius)) ** 2))
+    return world - offset / dist * (push_mm * g)
+
+
+def _lesion_compartments(kind, plan: _LesionPlan, world, tissues, rng):
+    """Soft compartment weights (for intensities) and the hard label map of the lesions."""
+    brain = tissues["brain"]
+    roughness = _smooth_field(rng, world.shape[1:], 10, 0.12)
+    rho = np.full(world.shape[1:], np.inf, np.float32)
+    for centre, radii, rotation in zip(plan.centres, plan.radii, plan.rotations):
+        offset = np.tensordot(rotation.T, world - centre[:, None, None, None], axes=1)
+        rho = np.minimum(rho, np.sqrt(((offset / radii[:, None, None, None]) ** 2).sum(0)))
+    rho = rho + roughness
+
+    def soft(inside: np.ndarray, edge: float = 0.12) -> np.ndarray:
+        """Partial-volume weight in [0, 1] of the region rho < 1 scaled by ``inside``."""
+        return np.clip((1 - inside) / edge + 0.5, 0, 1) * brain
+
+    label = np.zeros(rho.shape, np.uint8)
+    if kind == "glioma":
+        oedema_scale = rng.uniform(1.6, 2.2)
+        oedema = soft(rho / oedema_scale) * np.clip(tissues["wm"] * 2 + (rho < 1.3), 0, 1)
+        core, necrosis = soft(rho), soft(rho / 0.5)
+        compartments = [("oedema", oedema), ("enhancing", core), ("necrosis", necrosis)]
+        label[oedema >= 0.5] = 2
+        label[core >= 0.5] = 4
+        label[necrosis >= 0.5] = 1
+    else:
+        weight = soft(rho)
+        compartments = [(kind if kind != "wm_lesions" else "wm_lesion", weight)]
+        label[weight >= 0.5] = 1
+    return compartments, label
+
+
+# ---------------------------------------------------------------- cohort
+
+
+def plan_kinds(num_cases: int, seed: int, *, healthy_fraction: float, kinds=LESION_KINDS) -> list[str | None]:
+    """Which case is healthy (None) and which lesion kind each other case gets (cycling kinds)."""
+    num_healthy = num_cases if not kinds else int(round(num_cases * healthy_fraction))
+    healthy = set(np.random.default_rng(seed).permutation(num_cases)[:num_healthy].tolist())
+    plan, next_kind = [], 0
+    for index in range(num_cases):
+        if index in healthy:
+            plan.append(None)
+        else:
+            plan.append(kinds[next_kind % len(kinds)])
+            next_kind += 1
+    return plan
+
+
+def write_cohort(
+    out: str | Path,
+    num_cases: int,
+    *,
+    seed: int = 0,
+    healthy_fraction: float = 1 / 3,
+    healthy_only: bool = False,
+    kinds: tuple[str, ...] = LESION_KINDS,
+    spacing_mm: float = 1.0,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[CaseInfo]:
+    """Write a synthetic cohort in the BraTS 2021 layout, plus ``cohort.json``.
+
+    Raises:
+        DataError: when ``out`` holds files and ``overwrite`` is False, or on bad arguments.
+    """
+    out = Path(out)
+    if num_cases < 1:
+        raise DataError(f"--cases must be at least 1, got {num_cases}")
+    if not 0 <= healthy_fraction <= 1:
+        raise DataError(f"healthy fraction must be in [0, 1], got {healthy_fraction}")
+    if unknown := set(kinds) - set(LESION_KINDS):
+        raise DataError(f"unknown lesion kind(s) {sorted(unknown)}; choose from {', '.join(LESION_KINDS)}")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise DataError(f"{out}: folder exists and is not empty (pass --overwrite to replace it)")
+        shutil.rmtree(out)
+    plan = plan_kinds(num_cases, seed, healthy_fraction=healthy_fraction, kinds=() if healthy_only else kinds)
+
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    infos = []
+    for index, kind in enumerate(plan):
+        case_id = f"synth_{seed:03d}_{index:04d}"
+        subject = render_subject(seed, index, kind, spacing_mm=spacing_mm)
+        infos.append(_write_case(staging / case_id, case_id, subject, kind))
+        log.debug("wrote %s (%s)", case_id, kind or "healthy")
+        if progress is not None:
+            progress(index + 1, num_cases)
+    meta = {"seed": seed, "spacing_mm": spacing_mm, "modalities": list(MODALITIES),
+            "label_scheme": "brats2021", "cases": [asdict(i) for i in infos]}
+    (staging / "cohort.json").write_text(json.dumps(meta, indent=2))
+    if out.exists():
+        out.rmdir()
+    staging.rename(out)  # the cohort appears whole or not at all
+    return infos
+
+
+def _write_case(folder: Path, case_id: str, subject: Subject, kind: str | None) -> CaseInfo:
+    folder.mkdir()
+    for modality, image in subject.images.items():
+        stored = np.clip(np.round(image * STORED_SCALE), 0, np.iinfo(np.int16).max).astype(np.int16)
+        _save(stored, subject.affine, folder / f"{case_id}_{modality}.nii.gz")
+    _save(subject.label, subject.affine, folder / f"{case_id}_seg.nii.gz")
+    spacing = tuple(round(float(s), 3) for s in np.linalg.norm(subject.affine[:3, :3], axis=0))
+    voxels = int(np.count_nonzero(subject.label))
+    return CaseInfo(
+        id=case_id,
+        kind=kind or "healthy",
+        num_lesions=subject.num_lesions,
+        lesion_voxels=voxels,
+        lesion_ml=round(voxels * float(np.prod(spacing)) / 1000, 3),
+        shape=tuple(int(s) for s in subject.label.shape),
+        spacing_mm=spacing,  # type: ignore[arg-type]
+        orientation="".join(nib.orientations.aff2axcodes(subject.affine)),
+    )
+
+
+def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    img = nib.Nifti1Image(data, affine)
+    img.set_data_dtype(data.dtype)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, path)
+
+
+def read_cohort_info(root: str | Path) -> dict[str, CaseInfo]:
+    """Case id -> CaseInfo from a cohort's ``cohort.json`` (empty if there is none)."""
+    path = Path(root) / "cohort.json"
+    if not path.is_file():
+        return {}
+    content = json.loads(path.read_text())
+    return {c["id"]: CaseInfo(**{**c, "shape": tuple(c["shape"]), "spacing_mm": tuple(c["spacing_mm"])})
+            for c in content.get("cases", [])}

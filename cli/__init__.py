@@ -1,0 +1,1 @@
+"""The ``anodiff`` command line (installed as ``anodiff.cli``): parse, call the library, render."""

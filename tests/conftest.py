@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny NIfTI volumes with non-identity affines, and a tiny synthetic cohort."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+# An oblique affine: rotated about z and x, anisotropic voxels, a flipped axis.
+_c, _s = np.cos(0.3), np.sin(0.3)
+OBLIQUE_AFFINE = np.array(
+    [[-1.2 * _c, -0.9 * _s, 0.0, 40.0],
+     [1.2 * _s, -0.9 * _c * 0.98, 0.2, -30.0],
+     [0.0, 0.18, 2.5, 12.0],
+     [0.0, 0.0, 0.0, 1.0]]
+)
+
+
+def brain_phantom(shape=(20, 24, 16), *, seed: int = 0, lesion: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """An ellipsoidal 'brain' (positive inside, 0 outside) and, optionally, a bright blob label."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape).astype(float)
+    centre = (np.array(shape) - 1) / 2
+    radius = np.array(shape) * 0.4
+    rho = np.sqrt((((grid - centre[:, None, None, None]) / radius[:, None, None, None]) ** 2).sum(0))
+    brain = rho < 1
+    image = np.where(brain, 100 + 20 * rng.random(shape), 0)
+    label = np.zeros(shape, np.uint8)
+    if lesion:
+        blob = np.sqrt(((grid - (centre + [2, 2, 1])[:, None, None, None]) ** 2).sum(0)) < 3
+        label[blob & brain] = 1
+        image[blob & brain] += 150
+    return image.astype(np.float32), label
+
+
+def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray = OBLIQUE_AFFINE, dtype=None) -> Path:
+    img = nib.Nifti1Image(data if dtype is None else data.astype(dtype), affine)
+    if dtype is not None:
+        img.set_data_dtype(dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory) -> Path:
+    """A 6-case synthetic cohort at 4 mm (two healthy, one of each lesion kind)."""
+    from anodiff.data.synthetic import write_cohort
+
+    out = tmp_path_factory.mktemp("cohort") / "synth"
+    write_cohort(out, 6, seed=0, spacing_mm=4.0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The four real BraTS cases beside the project (../shared/data), skipped where absent."""
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brats2015-sample"
+    if not root.is_dir():
+        pytest.skip("../shared/data/brats2015-sample is not beside this checkout")
+    return root
