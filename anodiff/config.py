@@ -53,10 +53,113 @@ class DataConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The denoising network, a MONAI ``DiffusionModelUNet``."""
+
+    kind: Literal["ddpm"] = "ddpm"
+    spatial_dims: Literal[2, 3] = 2
+    channels: tuple[int, ...] = (32, 64, 128)
+    attention_levels: tuple[bool, ...] = (False, False, True)
+    num_res_blocks: int = 1
+    num_head_channels: int = 32
+    norm_num_groups: int = 16
+
+    def __post_init__(self) -> None:
+        if len(self.attention_levels) != len(self.channels):
+            raise ConfigError(
+                f"model.attention_levels has {len(self.attention_levels)} items but model.channels has "
+                f"{len(self.channels)}; give one per level"
+            )
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise ConfigError(f"model.channels {self.channels} must be multiples of model.norm_num_groups")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulerConfig:
+    """The noise schedule (MONAI scheduler names and arguments)."""
+
+    num_train_timesteps: int = 1000
+    schedule: Literal["linear_beta", "scaled_linear_beta", "cosine"] = "scaled_linear_beta"
+    beta_start: float = 0.0005
+    beta_end: float = 0.0195
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
+    # Noise the model is trained with and detection noises with: i.i.d. Gaussian, or
+    # "coarse" (Gaussian drawn on a grid 1/coarse_factor the size, upsampled), which
+    # destroys lesions larger than a few pixels (Kascenas et al., MIDL 2022).
+    noise: Literal["gaussian", "coarse"] = "gaussian"
+    coarse_factor: int = 8
+
+    def __post_init__(self) -> None:
+        if self.num_train_timesteps < 2:
+            raise ConfigError(f"scheduler.num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """The training loop (shared by every mode)."""
+
+    num_steps: int = 20000
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    mixed_precision: bool = True  # bf16 autocast on CUDA; ignored on the CPU
+    checkpoint_every: int = 500
+    sample_every: int = 1000  # PNG grid of reconstructions; 0 turns it off
+    log_every: int = 50
+    val_fraction: float = 0.2  # healthy cases held out for threshold calibration
+    num_workers: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1 or self.batch_size < 1:
+            raise ConfigError("train.num_steps and train.batch_size must be >= 1")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"train.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnomalyConfig:
+    """From reconstruction to mask (see :mod:`anodiff.detection`)."""
+
+    t0: int = 250  # noise level the scan is noised to, out of num_train_timesteps
+    num_inference_steps: int = 10  # DDIM steps from t0 back to 0
+    num_draws: int = 1  # reconstructions averaged (different noise draws)
+    median_size: int = 3  # median filter on the map, in voxels of the network grid; 0 or 1: off
+    brain_erosion: int = 1  # voxels eroded from the brain mask before scoring
+    fpr: float = 0.01  # healthy false-positive rate that fixes the calibrated threshold
+    threshold: float | None = None  # explicit threshold; None uses the calibrated one
+    min_component_mm3: float = 20.0  # connected components smaller than this are removed
+    batch_size: int = 64  # slices per network call at inference
+
+    def __post_init__(self) -> None:
+        if self.t0 < 1:
+            raise ConfigError(f"anomaly.t0 must be >= 1, got {self.t0}")
+        if self.num_inference_steps < 1:
+            raise ConfigError(f"anomaly.num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if not 0 < self.fpr < 1:
+            raise ConfigError(f"anomaly.fpr must be in (0, 1), got {self.fpr}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """A whole recipe: one field per section."""
 
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+
+    def __post_init__(self) -> None:
+        if self.anomaly.t0 >= self.scheduler.num_train_timesteps:
+            raise ConfigError(
+                f"anomaly.t0 ({self.anomaly.t0}) must be below scheduler.num_train_timesteps "
+                f"({self.scheduler.num_train_timesteps})"
+            )
 
 
 # ---------------------------------------------------------------- loading

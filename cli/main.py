@@ -113,6 +113,147 @@ def inspect(
         raise fail(f"{data}: no usable cases found")
 
 
+def _config(config: Path | None, overrides: list[str] | None, steps: int | None):
+    from dataclasses import replace
+
+    from anodiff.config import load_config
+
+    run = load_config(config, overrides or [])
+    if steps is not None:
+        if steps < 1:
+            raise fail("--steps must be at least 1")
+        run = replace(run, train=replace(run.train, num_steps=steps))
+    return run
+
+
+@command
+def train(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Training data folder or datalist (healthy slices used).")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Recipe YAML (default: built-in DDPM 2D).")]
+    = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Model folder (default runs/<config name>).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps, whatever the config says.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Train afresh into an existing model folder.")]
+    = False,
+    overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides, e.g. train.lr=1e-4.")] = None,
+) -> None:
+    """Train a diffusion model on healthy data, calibrate its threshold, write a model folder."""
+    from anodiff.training import CHECKPOINT, pick_device
+    from anodiff.workflows import train_model
+
+    run = _config(config, overrides, steps)
+    out = out or Path("runs") / (config.stem if config else "ddpm2d")
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        raise fail(f"{out}: model folder exists; pass --resume to continue or --overwrite to start again")
+    if overwrite and not resume:
+        (out / CHECKPOINT).unlink(missing_ok=True)
+    with progress_bar("training") as progress:
+        model = train_model(data, run, out, device=pick_device(device), resume=resume, progress=progress)
+    stdout.print(f"model written to {out} (threshold {model.meta['threshold']:.4g} at "
+                 f"{model.config.anomaly.fpr:.1%} healthy FPR)")
+
+
+@command
+def detect(
+    inputs: Annotated[list[Path] | None, typer.Argument(help="Scan file(s), case folder(s) or a data folder.")]
+    = None,
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model folder from `anodiff train`.")] = Path(
+        "runs/ddpm2d"),
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Mask file (one case) or output folder.")] = None,
+    map_out: Annotated[Path | None, typer.Option("--map", help="Anomaly map file (one case).")] = None,
+    flair: Annotated[Path | None, typer.Option(help="FLAIR scan of one case.")] = None,
+    t1: Annotated[Path | None, typer.Option(help="T1 scan of one case.")] = None,
+    t1ce: Annotated[Path | None, typer.Option(help="T1 contrast-enhanced scan of one case.")] = None,
+    t2: Annotated[Path | None, typer.Option(help="T2 scan of one case.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Override the calibrated threshold.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the noise draws (same seed, same mask).")] = 0,
+) -> None:
+    """Write an anomaly mask (uint8) and optionally a map (float32) on each input's own grid."""
+    from anodiff.modelfolder import load_model
+    from anodiff.training import pick_device
+    from anodiff.workflows import detect_cases, resolve_cases
+
+    per_modality = {k: v for k, v in {"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}.items() if v}
+    if not inputs and not per_modality:
+        raise fail("give a scan, a case folder, a data folder, or --flair/--t1/--t1ce/--t2")
+    loaded = load_model(model, device=pick_device(device))
+    cases = resolve_cases(inputs or [], per_modality)
+    if out is None:
+        raise fail("--out is required (a mask file for one case, a folder for several)")
+    single = len(cases) == 1 and out.name.endswith((".nii", ".nii.gz", ".mha", ".nrrd"))
+    if not single and map_out is not None:
+        raise fail("--map names one file; with several cases, maps are written beside the masks in --out")
+
+    def outputs(case):
+        if single:
+            return out, map_out
+        name = case.id.replace("/", "_")
+        return out / f"{name}_mask.nii.gz", out / f"{name}_map.nii.gz"
+
+    with progress_bar("detecting") as progress:
+        outcomes = detect_cases(loaded, cases, outputs, threshold=threshold, overwrite=overwrite, seed=seed,
+                                progress=progress)
+    failures = [o for o in outcomes if o.error]
+    for o in outcomes:
+        if not o.error:
+            stdout.print(f"{o.case_id}: {', '.join(str(p) for p in o.written)} ({o.seconds:.1f} s)")
+    for o in failures:
+        stderr.print(f"[red]failed[/] {o.case_id}: {o.error}", highlight=False, soft_wrap=True)
+    if failures:
+        raise fail(f"{len(failures)} of {len(outcomes)} case(s) failed; the others were written", code=1)
+
+
+@command
+def evaluate(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled test data (folder or datalist).")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model folder from `anodiff train`.")] = Path(
+        "runs/ddpm2d"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("report"),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the noise draws.")] = 0,
+) -> None:
+    """Dice (three named thresholds), AUROC and AUPRC beside a FLAIR intensity-threshold baseline."""
+    from anodiff.modelfolder import load_model
+    from anodiff.training import pick_device
+    from anodiff.workflows import evaluate_model
+
+    loaded = load_model(model, device=pick_device(device))
+    with progress_bar("evaluating") as progress:
+        report = evaluate_model(loaded, data, out, seed=seed, progress=progress)
+    print_report(report)
+    stdout.print(f"report: {out / 'summary.md'}, {out / 'report.json'}, {out / 'per_case.csv'}, {out / 'overlays'}/")
+
+
+def print_report(report: dict) -> None:
+    table = Table(title=f"{report['num_cases']} cases ({report['num_lesion_cases']} with lesions); "
+                        f"{report['network_evals_per_slice']} network evals/slice, "
+                        f"{report['seconds_per_volume']:.1f} s/volume")
+    columns = ("method", "AUROC pooled", "AUPRC pooled", "Dice calibrated pooled", "Dice calibrated per-vol",
+               "Dice val-best pooled", "Dice best possible (bound)")
+    for column in columns:
+        table.add_column(column)
+    for name, m in report["methods"].items():
+        table.add_row(name, f"{m['auroc_pooled']:.3f}", f"{m['auprc_pooled']:.3f}",
+                      f"{m['dice_calibrated_pooled']:.3f}",
+                      f"{m['dice_calibrated_per_volume_mean']:.3f} ± {m['dice_calibrated_per_volume_std']:.3f}",
+                      f"{m['dice_validation_best_pooled']:.3f}", f"{m['dice_best_possible_pooled']:.3f}")
+    stdout.print(table)
+    for key, groups in report["breakdown"].items():
+        sub = Table(title=f"by lesion {key}: per-volume Dice (calibrated) / AUROC")
+        sub.add_column(key)
+        sub.add_column("cases")
+        for name in report["methods"]:
+            sub.add_column(name)
+        for group, values in groups.items():
+            sub.add_row(group, str(values["cases"]), *[
+                f"{values[f'{n}: dice_calibrated']:.3f} / {values[f'{n}: auroc']:.3f}" for n in report["methods"]])
+        stdout.print(sub)
+
+
 def main() -> None:
     app()
 

@@ -46,7 +46,7 @@ def test_chain_inverts_to_the_input_grid(lesion_case):
     out = chain(case_item(lesion_case, ("flair",)))
     source = anodiff.io.read_volume(lesion_case.images["flair"])
     score = out["image"][:1] * out["brain"]  # stands in for a (1, H, W, D) anomaly map
-    restored = to_input_grid(chain, out["image"], score)
+    restored = to_input_grid(chain, out["image"], score)[0]
     assert tuple(restored.shape) == source.shape
     # Back on the input grid, the map lies where the input's brain is.
     inside = source.data > 0

@@ -143,7 +143,7 @@ def preprocessing(
 
 
 def to_input_grid(chain: Compose, reference: MetaTensor, values: torch.Tensor) -> torch.Tensor:
-    """Undo ``chain``'s spatial steps on ``values``: (1, H, W, D) network grid -> (X, Y, Z) input grid.
+    """Undo ``chain``'s spatial steps on ``values``: (C, H, W, D) network grid -> (C, X, Y, Z) input grid.
 
     ``reference`` is the chain's ``image`` output, whose recorded operations are
     replayed backwards (linear interpolation: threshold a map after this, not before).
@@ -151,4 +151,4 @@ def to_input_grid(chain: Compose, reference: MetaTensor, values: torch.Tensor) -
     carrier = MetaTensor(values, meta=dict(reference.meta), applied_operations=list(reference.applied_operations))
     invert = Invertd(keys="values", transform=chain, orig_keys=IMAGE, nearest_interp=False)
     restored = invert({"values": carrier, IMAGE: reference})["values"]
-    return torch.as_tensor(restored)[0]
+    return torch.as_tensor(restored)

@@ -1,0 +1,201 @@
+"""Reconstruction residual -> anomaly map -> calibrated threshold -> mask.
+
+The recipe for one case (Pinaya et al. 2022; Wyatt et al. 2022, AnoDDPM):
+
+1. preprocess with the model's chain (RAS, crop to brain, resize, normalise);
+2. batch all brain-holding axial slices through :func:`anodiff.diffusion.reconstruct`
+   (noise to ``t0``, DDIM back in K steps);
+3. the map is the absolute residual averaged over modalities, median-filtered,
+   restricted to the (eroded) brain;
+4. the map goes back to the input's own grid (MONAI inverse of the chain), where it
+   is thresholded (calibrated on healthy held-out data, or given), and connected
+   components below a minimum volume are removed.
+
+This module does not train, and it does not compute metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import ndimage
+from skimage import morphology
+
+from anodiff.config import AnomalyConfig, DataConfig, RunConfig
+from anodiff.data.cases import Case
+from anodiff.data.transforms import BRAIN, IMAGE, case_item, preprocessing, to_input_grid
+from anodiff.diffusion import build_scheduler, from_model_range, reconstruct, to_model_range
+from anodiff.errors import DataError
+from anodiff.io import Volume, read_volume
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class GridScores:
+    """Scores of one volume on the network grid: score and brain (1, H, W, D), reconstruction (C, H, W, D)."""
+
+    score: torch.Tensor
+    brain: torch.Tensor
+    reconstruction: torch.Tensor
+    num_network_evals: int
+    num_slices: int
+
+
+@dataclass(frozen=True)
+class AnomalyResult:
+    """A case's outputs on its input grid: ``score_map`` float32 and ``mask`` uint8, (X, Y, Z)."""
+
+    score_map: np.ndarray
+    mask: np.ndarray
+    reference: Volume
+    threshold: float
+    brain: np.ndarray  # bool (X, Y, Z): where scores are defined
+    reconstruction: np.ndarray | None = None  # (C, X, Y, Z) in [0, 1], when asked for
+    timings: dict[str, float] = field(default_factory=dict)
+    num_network_evals: int = 0
+    num_slices: int = 0
+
+
+def score_slices(
+    network: torch.nn.Module,
+    slices: torch.Tensor,
+    config: RunConfig,
+    *,
+    generator: torch.Generator | None = None,
+    scheduler_kind: str = "ddim",
+    num_steps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Residual scores of a batch of slices (B, C, H, W) in [0, 1].
+
+    Returns the raw residual (B, 1, H, W), the reconstruction (B, C, H, W) and the
+    number of network evaluations per slice.
+    """
+    cfg = config.anomaly
+    device = next(network.parameters()).device
+    scheduler = build_scheduler(config.scheduler, scheduler_kind)
+    steps = num_steps or cfg.num_inference_steps
+    x_0 = to_model_range(slices.to(device))
+    recon_sum = torch.zeros_like(x_0)
+    evals = 0
+    for _ in range(cfg.num_draws):
+        x_hat = reconstruct(network, x_0, scheduler, config.scheduler, t0=cfg.t0, num_steps=steps,
+                            generator=generator)
+        recon_sum += x_hat
+        evals += steps if scheduler_kind == "ddim" else cfg.t0 + 1
+    recon = from_model_range(recon_sum / cfg.num_draws)
+    residual = (recon - slices.to(device)).abs().mean(dim=1, keepdim=True)
+    return residual.float().cpu(), recon.float().cpu(), evals
+
+
+def score_volume(
+    network: torch.nn.Module,
+    image: torch.Tensor,
+    brain: torch.Tensor,
+    config: RunConfig,
+    *,
+    generator: torch.Generator | None = None,
+    progress: ProgressFn | None = None,
+    **kwargs,
+) -> GridScores:
+    """Anomaly map of one preprocessed volume: image (C, H, W, D), brain (1, H, W, D) -> GridScores."""
+    cfg = config.anomaly
+    has_brain = brain[0].flatten(0, 1).amax(0) > 0
+    z_list = torch.nonzero(has_brain).flatten().tolist()
+    score = torch.zeros_like(brain, dtype=torch.float32)
+    recon = torch.zeros_like(image, dtype=torch.float32)
+    evals = 0
+    for start in range(0, len(z_list), cfg.batch_size):
+        zs = z_list[start : start + cfg.batch_size]
+        slices = image[..., zs].permute(3, 0, 1, 2).float()  # (B, C, H, W)
+        residual, x_hat, evals = score_slices(network, slices, config, generator=generator, **kwargs)
+        score[..., zs] = residual.permute(1, 2, 3, 0)
+        recon[..., zs] = x_hat.permute(1, 2, 3, 0)
+        if progress is not None:
+            progress(min(start + cfg.batch_size, len(z_list)), len(z_list))
+    return GridScores(postprocess(score, brain, cfg), brain, recon, evals, len(z_list))
+
+
+def postprocess(score: torch.Tensor, brain: torch.Tensor, cfg: AnomalyConfig) -> torch.Tensor:
+    """Median filter, then zero outside the eroded brain: (1, H, W, D) -> (1, H, W, D)."""
+    values = score[0].numpy()
+    if cfg.median_size > 1:
+        values = ndimage.median_filter(values, size=cfg.median_size)
+    inside = brain[0].numpy() > 0
+    if cfg.brain_erosion > 0:
+        inside = ndimage.binary_erosion(inside, iterations=cfg.brain_erosion)
+    return torch.from_numpy(np.where(inside, values, 0).astype(np.float32))[None]
+
+
+def calibrate_threshold(healthy_scores: list[np.ndarray], fpr: float) -> float:
+    """The score quantile that flags ``fpr`` of healthy brain voxels (the label-free threshold)."""
+    values = np.concatenate([s.ravel() for s in healthy_scores])
+    if values.size == 0:
+        raise DataError("no healthy brain voxels to calibrate the threshold on")
+    return float(np.quantile(values, 1 - fpr))
+
+
+def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
+    """Drop 26-connected components smaller than ``min_voxels`` (uint8 in, uint8 out)."""
+    if min_voxels <= 1 or not mask.any():
+        return mask.astype(np.uint8)
+    kept = morphology.remove_small_objects(mask.astype(bool), max_size=min_voxels - 1, connectivity=3)
+    return kept.astype(np.uint8)
+
+
+def prepare(case: Case, modalities: tuple[str, ...], data_cfg: DataConfig):
+    """Preprocess one case for a model; returns (chain, item) with item['image'] (C, H, W, D)."""
+    missing = [m for m in modalities if m not in case.images]
+    if missing:
+        raise DataError(
+            f"case {case.id}: the model needs modalities {list(modalities)}, but {missing} "
+            f"{'is' if len(missing) == 1 else 'are'} missing (it has {list(case.images)})"
+        )
+    chain = preprocessing(data_cfg, with_label=False)
+    return chain, chain(case_item(case, modalities))
+
+
+def detect(
+    network: torch.nn.Module,
+    config: RunConfig,
+    case: Case,
+    modalities: tuple[str, ...],
+    *,
+    threshold: float,
+    generator: torch.Generator | None = None,
+    with_reconstruction: bool = False,
+    progress: ProgressFn | None = None,
+) -> AnomalyResult:
+    """Score one case and threshold it, on the input's own grid (see module doc)."""
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    chain, item = prepare(case, modalities, config.data)
+    timings["preprocess_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    grid = score_volume(network, item[IMAGE].as_tensor(), item[BRAIN].as_tensor(), config,
+                        generator=generator, progress=progress)
+    timings["network_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    reference = read_volume(case.images[modalities[0]])
+    score_map = to_input_grid(chain, item[IMAGE], grid.score)[0].numpy().astype(np.float32)
+    brain = reference.data != 0
+    score_map = np.where(brain, np.clip(score_map, 0, None), 0).astype(np.float32)
+    voxel_mm3 = float(np.prod(reference.spacing_mm))
+    min_voxels = int(np.ceil(config.anomaly.min_component_mm3 / voxel_mm3))
+    mask = remove_small_components(score_map > threshold, min_voxels)
+    recon = None
+    if with_reconstruction:
+        recon = to_input_grid(chain, item[IMAGE], grid.reconstruction).numpy().astype(np.float32)
+    timings["postprocess_s"] = time.perf_counter() - clock
+    return AnomalyResult(score_map=score_map, mask=mask, reference=reference, threshold=threshold, brain=brain,
+                         reconstruction=recon, timings=timings, num_network_evals=grid.num_network_evals,
+                         num_slices=grid.num_slices)

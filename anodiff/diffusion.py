@@ -1,0 +1,131 @@
+"""Noise, the denoising loss, and reconstruction from partial noise.
+
+Notation (Ho et al. 2020; Song et al. 2021, DDIM): ``x_0`` clean image in
+[-1, 1], ``t`` timestep, ``x_t = sqrt(alphas_cumprod[t]) x_0 + sqrt(1 - alphas_cumprod[t]) eps``.
+
+Reconstruction (AnoDDPM, Wyatt et al. 2022; Pinaya et al. 2022): noise ``x_0``
+only to ``t0 < T``, not pure noise, so healthy anatomy survives, then denoise
+back. With DDIM (eta = 0) the only randomness is the initial noise. The loop is
+written here, once, for any denoiser ``(x_t, t) -> model output``; the schedulers
+are MONAI's (``DDIMScheduler``, ``DDPMScheduler``), and only their
+``set_timesteps`` / ``step`` / ``add_noise`` are used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+
+from anodiff.config import SchedulerConfig
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def build_scheduler(cfg: SchedulerConfig, kind: Literal["ddpm", "ddim"] = "ddim") -> DDPMScheduler | DDIMScheduler:
+    klass = DDIMScheduler if kind == "ddim" else DDPMScheduler
+    return klass(
+        num_train_timesteps=cfg.num_train_timesteps,
+        schedule=cfg.schedule,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+        prediction_type=cfg.prediction_type,
+        clip_sample=True,
+    )
+
+
+def make_noise(like: torch.Tensor, cfg: SchedulerConfig, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Noise shaped like ``like`` (B, C, *S): i.i.d. Gaussian, or coarse Gaussian upsampled."""
+    if cfg.noise == "gaussian":
+        return torch.randn(like.shape, generator=generator, device="cpu", dtype=torch.float32).to(like)
+    spatial = like.shape[2:]
+    small = [max(2, s // cfg.coarse_factor) for s in spatial]
+    coarse = torch.randn((*like.shape[:2], *small), generator=generator, dtype=torch.float32)
+    mode = "bilinear" if len(spatial) == 2 else "trilinear"
+    noise = F.interpolate(coarse, size=spatial, mode=mode, align_corners=False)
+    noise = noise / noise.flatten(1).std(dim=1).view(-1, *([1] * (noise.ndim - 1)))  # unit variance
+    return noise.to(like)
+
+
+def to_model_range(image: torch.Tensor) -> torch.Tensor:
+    """[0, 1] intensities -> [-1, 1], the range the schedulers clip to."""
+    return image * 2 - 1
+
+
+def from_model_range(x: torch.Tensor) -> torch.Tensor:
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def denoising_loss(
+    network: Denoiser, scheduler: DDPMScheduler | DDIMScheduler, cfg: SchedulerConfig
+) -> Callable[..., torch.Tensor]:
+    """The DDPM training objective: MSE between the network output and its target at a random t."""
+
+    def loss_fn(batch: dict, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        x_0 = to_model_range(batch["image"])
+        eps = make_noise(x_0, cfg, generator=generator)
+        t = torch.randint(0, cfg.num_train_timesteps, (x_0.shape[0],), generator=generator).to(x_0.device)
+        x_t = scheduler.add_noise(original_samples=x_0, noise=eps, timesteps=t)
+        if cfg.prediction_type == "epsilon":
+            target = eps
+        elif cfg.prediction_type == "sample":
+            target = x_0
+        else:
+            target = scheduler.get_velocity(x_0, eps, t)
+        return F.mse_loss(network(x_t, t).float(), target.float())
+
+    return loss_fn
+
+
+def inference_timesteps(scheduler: DDIMScheduler | DDPMScheduler, t0: int, num_steps: int) -> list[int]:
+    """The descending timesteps in (0, t0] a K-step reconstruction visits.
+
+    For DDIM the step ratio is ``t0 // K``, so the K steps land on multiples of it
+    (the scheduler's own grid, as ``DDIMScheduler.step`` assumes). Full DDPM visits
+    every t <= t0 (``DDPMScheduler.step`` uses ``alphas_cumprod[t - 1]``).
+    """
+    total = scheduler.num_train_timesteps
+    if isinstance(scheduler, DDIMScheduler):
+        ratio = max(1, t0 // num_steps)
+        scheduler.set_timesteps(total // ratio)
+    else:
+        scheduler.set_timesteps(total)
+    return [int(t) for t in scheduler.timesteps if 0 <= int(t) <= t0][: num_steps if isinstance(
+        scheduler, DDIMScheduler) else None]
+
+
+@torch.inference_mode()
+def reconstruct(
+    denoiser: Denoiser,
+    x_0: torch.Tensor,
+    scheduler: DDIMScheduler | DDPMScheduler,
+    cfg: SchedulerConfig,
+    *,
+    t0: int,
+    num_steps: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Noise ``x_0`` (B, C, *S) in [-1, 1] to ``t0`` and denoise it back.
+
+    DDIM takes ``num_steps`` network evaluations; DDPM takes ``t0 + 1``. Returns
+    the reconstruction (B, C, *S) in [-1, 1]; deterministic given ``generator``.
+    """
+    timesteps = inference_timesteps(scheduler, t0, num_steps)
+    if not timesteps:
+        raise ValueError(f"no timesteps in (0, {t0}]; raise t0 or num_steps")
+    eps = make_noise(x_0, cfg, generator=generator)
+    start = torch.full((x_0.shape[0],), timesteps[0], dtype=torch.long, device=x_0.device)
+    x_t = scheduler.add_noise(original_samples=x_0, noise=eps, timesteps=start)
+    x_hat = x_t
+    for t in timesteps:
+        t_batch = torch.full((x_0.shape[0],), t, dtype=torch.long, device=x_0.device)
+        output = denoiser(x_t, t_batch).float()
+        if isinstance(scheduler, DDIMScheduler):
+            x_t, x_hat = scheduler.step(output, t, x_t)  # x_hat: the x_0 predicted at this step
+        else:
+            x_t, x_hat = scheduler.step(output, t, x_t, generator=generator)
+    # DDIM's last visited t is the step ratio: its predicted x_0 is the result (no extra pass).
+    return (x_hat if isinstance(scheduler, DDIMScheduler) else x_t).clamp(-1, 1)

@@ -1,0 +1,93 @@
+"""A trained model is a folder: ``config.yaml``, ``model.safetensors``, ``meta.json``.
+
+``meta.json`` records the anodiff/torch/MONAI versions, the modalities, the
+preprocessing, the calibrated threshold(s) and a summary of the training data.
+Loading parses YAML with ``safe_load``, JSON, and safetensors: it never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import monai
+import torch
+import yaml
+from safetensors.torch import load_file
+from torch import nn
+
+from anodiff import __version__
+from anodiff.config import RunConfig, build, config_to_dict
+from anodiff.errors import CheckpointError, ConfigError
+from anodiff.models import build_network
+
+WEIGHTS, META, CONFIG = "model.safetensors", "meta.json", "config.yaml"
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    config: RunConfig
+    network: nn.Module  # in eval mode
+    meta: dict[str, Any]
+    folder: Path
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.meta["modalities"])
+
+
+def versions() -> dict[str, str]:
+    return {"anodiff": __version__, "torch": torch.__version__, "monai": monai.__version__}
+
+
+def write_json(path: Path, content: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(content, indent=2))
+    os.replace(tmp, path)
+
+
+def save_model(folder: Path, config: RunConfig, network: nn.Module, meta: dict[str, Any]) -> None:
+    """Write weights, config and meta (each atomically); meta gains the library versions."""
+    from anodiff.training import write_safetensors
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    write_safetensors(tensors, folder / WEIGHTS)
+    tmp = folder / f".{CONFIG}.tmp"
+    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    os.replace(tmp, folder / CONFIG)
+    write_json(folder / META, {**meta, "versions": versions()})
+
+
+def update_meta(folder: Path, **changes: Any) -> dict[str, Any]:
+    meta = json.loads((folder / META).read_text())
+    meta.update(changes)
+    write_json(folder / META, meta)
+    return meta
+
+
+def load_model(folder: str | Path, *, device: torch.device | str = "cpu") -> TrainedModel:
+    """Load a model folder. Raises CheckpointError naming what is missing or wrong."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a model folder (train one with `anodiff train`)")
+    for name in (CONFIG, WEIGHTS, META):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder}: missing {name}; is training finished?")
+    try:
+        raw = yaml.safe_load((folder / CONFIG).read_text())
+        config = build(RunConfig, raw, source=str(folder / CONFIG), base_dir=folder)
+        meta = json.loads((folder / META).read_text())
+    except (yaml.YAMLError, json.JSONDecodeError, ConfigError) as err:
+        raise CheckpointError(f"{folder}: unreadable config or meta ({' '.join(str(err).split())})") from err
+    network = build_network(config.model, in_channels=len(meta["modalities"]))
+    try:
+        state = load_file(str(folder / WEIGHTS))
+        network.load_state_dict(state)
+    except Exception as err:  # safetensors raises several types for a damaged file
+        raise CheckpointError(f"{folder / WEIGHTS}: weights do not load ({str(err).splitlines()[0]})") from err
+    return TrainedModel(config=config, network=network.to(device).eval(), meta=meta, folder=folder)

@@ -1,0 +1,183 @@
+"""One training loop for every mode, with EMA, mixed precision, checkpoints and resume.
+
+A method contributes only its loss, ``loss_fn(batch, generator=...) -> scalar``.
+Every random draw of step ``s`` (batch indices, noise, timesteps) comes from a
+generator seeded with ``(seed, s)``, so a resumed run continues exactly where
+the interrupted one would have gone, with no RNG state to restore.
+
+Checkpoints are one safetensors file (network, EMA and optimizer tensors; step,
+optimizer hyper-parameters and the config as JSON metadata), written to a
+temporary name and renamed into place, so a kill mid-save leaves the last good one.
+Nothing here unpickles.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from anodiff.config import TrainConfig
+from anodiff.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[..., torch.Tensor]
+BatchFn = Callable[[torch.Generator], dict]
+# progress(step, total, info): the CLI draws a bar from it.
+ProgressFn = Callable[[int, int, str], None]
+HookFn = Callable[[int, nn.Module], None]
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass(frozen=True)
+class FitResult:
+    steps_done: int
+    final_loss: float
+    seconds: float
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator for all random draws of one training step."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def fit(
+    network: nn.Module,
+    loss_fn: LossFn,
+    sample_batch: BatchFn,
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    device: torch.device,
+    resume: bool = False,
+    config_text: str = "",
+    progress: ProgressFn | None = None,
+    on_sample: HookFn | None = None,
+) -> tuple[nn.Module, FitResult]:
+    """Optimise ``network`` under ``loss_fn`` for ``cfg.num_steps``; returns the EMA network.
+
+    ``sample_batch(generator)`` returns a batch dict on the CPU. With ``resume``,
+    training continues from ``out_dir/checkpoint.safetensors``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    network.to(device)
+    ema = torch.optim.swa_utils.AveragedModel(
+        network, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay)
+    )
+    optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = 0
+    checkpoint = out_dir / CHECKPOINT
+    if resume and checkpoint.exists():
+        start = load_checkpoint(checkpoint, network, ema, optimizer, config_text=config_text)
+        log.info("resumed from %s at step %d", checkpoint, start)
+    elif resume:
+        log.warning("--resume: no checkpoint in %s, starting from step 0", out_dir)
+    use_amp = cfg.mixed_precision and device.type == "cuda"
+    log_path = out_dir / "log.csv"
+    if start == 0 or not log_path.exists():
+        log_path.write_text("step,loss,lr,steps_per_s\n")
+    began, window_start, losses, loss = time.perf_counter(), time.perf_counter(), [], math.nan
+    network.train()
+    for step in range(start, cfg.num_steps):
+        generator = step_generator(cfg.seed, step)
+        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                 for k, v in sample_batch(generator).items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss_tensor = loss_fn(batch, generator=generator)
+        if not torch.isfinite(loss_tensor):
+            raise CheckpointError(f"training diverged at step {step} (loss {loss_tensor.item()}); lower train.lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss_tensor.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(network.parameters(), cfg.grad_clip)
+        optimizer.step()
+        ema.update_parameters(network)
+        loss = float(loss_tensor.detach())
+        losses.append(loss)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.num_steps:
+            rate = len(losses) / max(time.perf_counter() - window_start, 1e-9)
+            with log_path.open("a", newline="") as handle:
+                csv.writer(handle).writerow([done, f"{sum(losses) / len(losses):.6f}", cfg.lr, f"{rate:.3f}"])
+            losses, window_start = [], time.perf_counter()
+        if progress is not None:
+            progress(done, cfg.num_steps, f"loss {loss:.4f}")
+        if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
+            save_checkpoint(checkpoint, network, ema, optimizer, step=done, config_text=config_text)
+        if on_sample is not None and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.num_steps):
+            on_sample(done, ema.module)
+            network.train()
+    result = FitResult(steps_done=cfg.num_steps - start, final_loss=loss, seconds=time.perf_counter() - began)
+    return ema.module.eval(), result
+
+
+def save_checkpoint(path: Path, network: nn.Module, ema, optimizer, *, step: int, config_text: str) -> None:
+    """Network, EMA and optimizer in one safetensors file, replaced atomically."""
+    tensors = {f"network.{k}": v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    tensors |= {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
+    state = optimizer.state_dict()
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    metadata = {"step": str(step), "param_groups": json.dumps(state["param_groups"]), "config": config_text}
+    write_safetensors(tensors, path, metadata)
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """save_file to a temporary name in the same folder, then rename into place."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path, network: nn.Module, ema, optimizer, *, config_text: str = "") -> int:
+    """Restore a checkpoint into the given objects; returns the step it was taken at."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as err:  # safetensors raises several types for a damaged file
+        raise CheckpointError(f"{path}: unreadable checkpoint ({err})") from err
+    if config_text and metadata.get("config") and metadata["config"] != config_text:
+        raise CheckpointError(f"{path}: checkpoint was made with another config; use a new --out or drop --resume")
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    try:
+        network.load_state_dict(part("network."))
+        ema.load_state_dict(part("ema."))
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the network ({str(err).splitlines()[0]})") from err
+    optim_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in part("optimizer.").items():
+        index, name = key.split(".", 1)
+        optim_state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": optim_state, "param_groups": json.loads(metadata["param_groups"])})
+    return int(metadata["step"])

@@ -1,0 +1,405 @@
+"""The three jobs of anodiff, wired from the library's parts: train, detect, evaluate.
+
+The CLI calls these and only renders what they return. Each reads as a recipe;
+the work is done in :mod:`anodiff.data`, :mod:`anodiff.training`,
+:mod:`anodiff.detection` and :mod:`anodiff.evaluation`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from skimage import exposure, segmentation
+
+from anodiff.config import RunConfig, config_to_dict
+from anodiff.data.cases import Case, discover, select_modalities
+from anodiff.data.datasets import SliceDataset
+from anodiff.data.synthetic import read_cohort_info
+from anodiff.detection import AnomalyResult, calibrate_threshold, detect, score_slices
+from anodiff.diffusion import build_scheduler, denoising_loss
+from anodiff.errors import AnodiffError, DataError
+from anodiff.evaluation import size_bin, summarize_method
+from anodiff.io import read_volume, write_volume
+from anodiff.modelfolder import TrainedModel, load_model, save_model, update_meta
+from anodiff.models import build_network, count_parameters
+from anodiff.training import fit
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[..., None]
+
+
+# ---------------------------------------------------------------- train
+
+
+def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
+    """Train/validation split by case (seeded); at least one case on each side."""
+    if len(cases) < 2:
+        raise DataError(f"need at least 2 cases (one to train, one to calibrate on), found {len(cases)}")
+    order = np.random.default_rng(seed).permutation(len(cases))
+    num_val = min(max(1, int(round(len(cases) * val_fraction))), len(cases) - 1)
+    val = sorted(order[:num_val].tolist())
+    return [c for i, c in enumerate(cases) if i not in val], [cases[i] for i in val]
+
+
+def train_model(
+    data: Path,
+    config: RunConfig,
+    out: Path,
+    *,
+    device: torch.device,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> TrainedModel:
+    """Train a DDPM on the healthy slices of ``data``, calibrate its threshold, write the model folder."""
+    found = discover(data)
+    if not found.cases:
+        raise DataError(f"{data}: no cases found")
+    modalities = select_modalities(found.cases, config.data.modalities)
+    train_cases, val_cases = split_cases(found.cases, config.train.val_fraction, config.train.seed)
+    train_set = SliceDataset(train_cases, modalities, config.data, healthy_only=True)
+    if len(train_set) == 0:
+        raise DataError(f"{data}: no healthy slices to train on (every slice holds a label voxel)")
+    log.info("training on %d healthy slices of %d cases; %d cases held out for calibration",
+             len(train_set), len(train_cases), len(val_cases))
+
+    network = build_network(config.model, in_channels=len(modalities))
+    log.info("network: %s parameters", f"{count_parameters(network):,}")
+    scheduler = build_scheduler(config.scheduler, "ddpm")
+    loss_fn = denoising_loss(network, scheduler, config.scheduler)
+
+    def sample_batch(generator: torch.Generator) -> dict:
+        index = torch.randint(len(train_set), (config.train.batch_size,), generator=generator)
+        return {"image": torch.stack([train_set[int(i)]["image"] for i in index])}
+
+    preview = torch.stack([train_set[int(i)]["image"] for i in np.linspace(0, len(train_set) - 1, 4).astype(int)])
+    out.mkdir(parents=True, exist_ok=True)
+    # What a checkpoint must agree with to be resumed: the config, less the step count (--steps may grow).
+    identity = config_to_dict(config)
+    identity["train"].pop("num_steps")
+    config_text = yaml.safe_dump(identity)
+    ema_network, result = fit(
+        network, loss_fn, sample_batch, config.train, out, device=device, resume=resume,
+        config_text=config_text,
+        progress=progress,
+        on_sample=lambda step, net: save_reconstruction_grid(net, preview, config, out / "samples" / f"{step:07d}.png"),
+    )
+    meta = {
+        "kind": "ddpm",
+        "modalities": list(modalities),
+        "preprocessing": config_to_dict(config.data),
+        "training_data": {
+            "root": str(data),
+            "train_cases": [c.id for c in train_cases],
+            "calibration_cases": [c.id for c in val_cases],
+            "num_healthy_slices": len(train_set),
+            "layouts": list(found.layouts),
+        },
+        "training": {"steps": config.train.num_steps, "seconds_this_run": round(result.seconds, 1),
+                     "final_loss": result.final_loss, "device": str(device)},
+    }
+    save_model(out, config, ema_network, meta)
+    model = load_model(out, device=device)
+    thresholds = calibrate(model, val_cases, progress=progress)
+    update_meta(out, **thresholds)
+    return load_model(out, device=device)
+
+
+def calibrate(model: TrainedModel, healthy_cases: list[Case], *, progress: Progress | None = None) -> dict:
+    """Thresholds at the configured healthy false-positive rate, for anodiff and the FLAIR baseline.
+
+    Voxels used: brain voxels of the axial slices without any label voxel (the
+    same healthy definition as training), on the input grid, as detection sees them.
+    """
+    model_scores, baseline_scores = [], []
+    for index, case in enumerate(healthy_cases):
+        result = detect(model.network, model.config, case, model.modalities, threshold=np.inf)
+        healthy = result.brain & _healthy_slices(case, result.brain.shape)
+        model_scores.append(result.score_map[healthy])
+        base_modality = "flair" if "flair" in case.images else model.modalities[0]
+        baseline_scores.append(baseline_score(read_volume(case.images[base_modality]).data, result.brain)[healthy])
+        if progress is not None:
+            progress(index + 1, len(healthy_cases), f"calibrating {case.id}")
+    fpr = model.config.anomaly.fpr
+    return {
+        "threshold": calibrate_threshold(model_scores, fpr),
+        "baseline_threshold": calibrate_threshold(baseline_scores, fpr),
+        "calibration": {"fpr": fpr, "cases": [c.id for c in healthy_cases],
+                        "voxels": int(sum(s.size for s in model_scores))},
+    }
+
+
+def _healthy_slices(case: Case, shape) -> np.ndarray:
+    """Bool (X, Y, Z): True on the axial (RAS z) slices with no label voxel; all True without a label."""
+    if case.label is None:
+        return np.ones(shape, bool)
+    label = read_volume(case.label, allow_constant=True)
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(label.affine)
+    axis = int(np.argmax(np.abs(ornt[:, 0]) == 2))  # the voxel axis running along world z
+    lesion_on = (label.data > 0).any(axis=tuple(a for a in range(3) if a != axis))
+    keep = ~lesion_on
+    view = [1, 1, 1]
+    view[axis] = -1
+    return np.broadcast_to(keep.reshape(view), shape)
+
+
+def baseline_score(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """The intensity baseline: histogram-equalised image inside the brain, in [0, 1]; 0 outside."""
+    equalised = exposure.equalize_hist(image, nbins=1024, mask=brain)
+    return np.where(brain, equalised, 0).astype(np.float32)
+
+
+def save_reconstruction_grid(network, images: torch.Tensor, config: RunConfig, path: Path) -> None:
+    """PNG rows: input, reconstruction and residual of a few slices (first modality)."""
+    device = next(network.parameters()).device
+    network.eval()
+    generator = torch.Generator().manual_seed(0)
+    residual, recon, _ = score_slices(network, images.to(device), config, generator=generator)
+    rows = [images[:, 0], recon[:, 0], (residual[:, 0] * 4).clamp(0, 1)]
+    grid = torch.cat([torch.cat(list(r.cpu()), dim=1) for r in rows], dim=0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.rot90(grid) * 255).astype(np.uint8)).save(path)
+
+
+# ---------------------------------------------------------------- detect
+
+
+def resolve_cases(inputs: list[Path], modality_paths: dict[str, Path]) -> list[Case]:
+    """Cases to detect on: a scan file, a case folder, a data folder, or one path per modality."""
+    if modality_paths:
+        return [Case(id=_stem(next(iter(modality_paths.values()))), images=modality_paths)]
+    cases: list[Case] = []
+    for path in inputs:
+        if path.is_file() and not path.name.endswith(".json"):
+            cases.append(Case(id=_stem(path), images={"image": path}))
+        else:
+            found = discover(path)
+            if not found.cases:
+                raise DataError(f"{path}: no cases found")
+            cases += found.cases
+    return cases
+
+
+def _stem(path: Path) -> str:
+    from anodiff.io import strip_image_suffix
+
+    return strip_image_suffix(path)
+
+
+def match_modalities(case: Case, model: TrainedModel) -> Case:
+    """A single unnamed scan is taken as the model's one modality; otherwise names must match."""
+    if list(case.images) == ["image"] and len(model.modalities) == 1:
+        return Case(id=case.id, images={model.modalities[0]: case.images["image"]}, label=case.label,
+                    layout=case.layout)
+    missing = [m for m in model.modalities if m not in case.images]
+    if missing:
+        raise DataError(
+            f"case {case.id}: the model was trained on {list(model.modalities)} but the input has "
+            f"{list(case.images)}; give each modality (e.g. --flair a.nii.gz --t1 b.nii.gz)"
+        )
+    return case
+
+
+@dataclass(frozen=True)
+class DetectOutcome:
+    case_id: str
+    written: list[Path]
+    error: str | None = None
+    seconds: float = 0.0
+    timings: dict | None = None
+
+
+def detect_cases(
+    model: TrainedModel,
+    cases: list[Case],
+    outputs: Callable[[Case], tuple[Path, Path | None]],
+    *,
+    threshold: float | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> list[DetectOutcome]:
+    """Detect on every case; a failing case is reported and the others still run.
+
+    ``outputs(case)`` gives (mask path, map path or None). Nothing is written for a
+    failed case; existing files are kept unless ``overwrite``.
+    """
+    chosen = threshold if threshold is not None else model.config.anomaly.threshold
+    chosen = chosen if chosen is not None else model.meta.get("threshold")
+    if chosen is None:
+        raise DataError(f"{model.folder}: the model has no calibrated threshold; pass --threshold")
+    outcomes = []
+    for index, case in enumerate(cases):
+        mask_path, map_path = outputs(case)
+        clock = time.perf_counter()
+        try:
+            case = match_modalities(case, model)
+            inputs = {p.resolve() for p in case.images.values()}
+            for target in (mask_path, map_path):
+                if target is not None and target.resolve() in inputs:
+                    raise DataError(f"{target}: output path equals an input; choose another --out")
+                if target is not None and target.exists() and not overwrite:
+                    raise DataError(f"{target}: already exists (pass --overwrite to replace it)")
+            result = detect(model.network, model.config, case, model.modalities, threshold=chosen,
+                            generator=torch.Generator().manual_seed(seed))
+            written = [write_volume(result.mask, mask_path, like=result.reference, dtype=np.uint8,
+                                    overwrite=overwrite)]
+            if map_path is not None:
+                written.append(write_volume(result.score_map, map_path, like=result.reference, dtype=np.float32,
+                                            overwrite=overwrite))
+            outcomes.append(DetectOutcome(case.id, written, seconds=time.perf_counter() - clock,
+                                          timings=result.timings))
+        except AnodiffError as err:
+            outcomes.append(DetectOutcome(case.id, [], error=str(err)))
+        if progress is not None:
+            progress(index + 1, len(cases), case.id)
+    return outcomes
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def evaluate_model(model: TrainedModel, data: Path, out: Path, *, seed: int = 0,
+                   progress: Progress | None = None) -> dict:
+    """Evaluate on the labelled cases of ``data``; writes report.json, per_case.csv, summary.md, overlays/."""
+    found = discover(data)
+    cases = [match_modalities(c, model) for c in found.cases if c.label is not None]
+    if not cases:
+        raise DataError(f"{data}: no labelled cases to evaluate on")
+    info = read_cohort_info(found.root)
+    baseline_modality = "flair" if "flair" in cases[0].images else model.modalities[0]
+    out.mkdir(parents=True, exist_ok=True)
+    rows, anodiff_scores, anodiff_masks, base_scores, truths = [], [], [], [], []
+    seconds, evals = [], 0
+    for index, case in enumerate(cases):
+        clock = time.perf_counter()
+        result = detect(model.network, model.config, case, model.modalities, threshold=model.meta["threshold"],
+                        generator=torch.Generator().manual_seed(seed), with_reconstruction=True)
+        seconds.append(time.perf_counter() - clock)
+        evals = result.num_network_evals
+        label = read_volume(case.label, allow_constant=True).data > 0
+        brain = result.brain
+        flair = read_volume(case.images[baseline_modality]).data
+        base = baseline_score(flair, brain)
+        anodiff_scores.append(result.score_map[brain])
+        anodiff_masks.append(result.mask[brain] > 0)
+        base_scores.append(base[brain])
+        truths.append(label[brain])
+        lesion_ml = float(label.sum() * np.prod(result.reference.spacing_mm) / 1000)
+        kind = info[case.id].kind if case.id in info else ("healthy" if not label.any() else "lesion")
+        rows.append({"case": case.id, "kind": kind, "lesion_ml": round(lesion_ml, 2),
+                     "size": size_bin(lesion_ml) if label.any() else "none", "seconds": round(seconds[-1], 2)})
+        save_overlay(out / "overlays" / f"{case.id.replace('/', '_')}.png", flair, result, label)
+        if progress is not None:
+            progress(index + 1, len(cases), case.id)
+
+    methods = {
+        "anodiff": summarize_method(anodiff_scores, truths, calibrated=model.meta["threshold"],
+                                    masks_calibrated=anodiff_masks),
+        f"{baseline_modality} threshold": summarize_method(base_scores, truths,
+                                                           calibrated=model.meta["baseline_threshold"]),
+    }
+    for name, summary in methods.items():
+        for key, values in summary["per_case"].items():
+            for row, value in zip(rows, values):
+                row[f"{name}: {key}"] = value
+    report = {
+        "model": str(model.folder),
+        "data": str(data),
+        "num_cases": len(cases),
+        "num_lesion_cases": sum(1 for t in truths if t.any()),
+        "network_evals_per_slice": evals,
+        "seconds_per_volume": float(np.mean(seconds)),
+        "anomaly": config_to_dict(model.config.anomaly),
+        "methods": {k: {m: v for m, v in s.items() if m != "per_case"} for k, s in methods.items()},
+        "breakdown": breakdown(rows, list(methods)),
+        "cases": rows,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    with (out / "per_case.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "summary.md").write_text(markdown_summary(report))
+    return report
+
+
+def breakdown(rows: list[dict], methods: list[str]) -> dict:
+    """Per-volume mean Dice (calibrated) and AUROC by lesion kind and by lesion size."""
+    out: dict[str, dict] = {}
+    for key in ("kind", "size"):
+        groups: dict[str, list[dict]] = {}
+        for row in rows:
+            if row["lesion_ml"] > 0:
+                groups.setdefault(row[key], []).append(row)
+        out[key] = {
+            group: {"cases": len(members),
+                    **{f"{m}: {metric}": float(np.nanmean([r[f"{m}: {metric}"] for r in members]))
+                       for m in methods for metric in ("dice_calibrated", "auroc")}}
+            for group, members in sorted(groups.items())
+        }
+    return out
+
+
+def markdown_summary(report: dict) -> str:
+    lines = [f"# anodiff evaluation: {report['num_cases']} cases ({report['num_lesion_cases']} with lesions)", "",
+             f"Model `{report['model']}`, data `{report['data']}`; {report['network_evals_per_slice']} network "
+             f"evaluations per slice, {report['seconds_per_volume']:.1f} s per volume.", "",
+             "Dice: *calibrated* = label-free threshold at the healthy FPR fixed at training; *val-best* = "
+             "threshold chosen on the other cases (leave one out); *best possible* = upper bound on these cases. "
+             "Pooled = over all brain voxels of the test set; per-volume = mean over lesion cases.", "",
+             "| method | AUROC pooled | AUPRC pooled | AUROC per-volume | Dice calibrated pooled | "
+             "Dice calibrated per-volume | Dice val-best pooled | Dice best possible (bound) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, m in report["methods"].items():
+        lines.append(f"| {name} | {m['auroc_pooled']:.3f} | {m['auprc_pooled']:.3f} | "
+                     f"{m['auroc_per_volume_mean']:.3f} | {m['dice_calibrated_pooled']:.3f} | "
+                     f"{m['dice_calibrated_per_volume_mean']:.3f} ± {m['dice_calibrated_per_volume_std']:.3f} | "
+                     f"{m['dice_validation_best_pooled']:.3f} | {m['dice_best_possible_pooled']:.3f} |")
+    for key, groups in report["breakdown"].items():
+        methods = list(report["methods"])
+        lines += ["", f"## By lesion {key} (per-volume means, calibrated threshold)", "",
+                  f"| {key} | cases | " + " | ".join(f"{m} Dice | {m} AUROC" for m in methods) + " |",
+                  "| --- | --- | " + " | ".join("--- | ---" for _ in methods) + " |"]
+        for group, values in groups.items():
+            cells = " | ".join(f"{values[f'{m}: dice_calibrated']:.3f} | {values[f'{m}: auroc']:.3f}"
+                               for m in methods)
+            lines.append(f"| {group} | {values['cases']} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def save_overlay(path: Path, image: np.ndarray, result: AnomalyResult, label: np.ndarray) -> None:
+    """PNG: image, reconstruction, anomaly map, and outlines (red predicted, green true) on one axial slice."""
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(result.reference.affine)
+
+    def ras(volume: np.ndarray) -> np.ndarray:
+        return nib.orientations.apply_orientation(volume, ornt)
+
+    img, score, mask, truth = ras(image), ras(result.score_map), ras(result.mask), ras(label.astype(np.uint8))
+    z = int(np.argmax(truth.sum((0, 1)))) if truth.any() else int(np.argmax(score.sum((0, 1))))
+    scale = np.percentile(img[img > 0], 99.5) if (img > 0).any() else 1.0
+    base = np.clip(img[..., z] / scale, 0, 1)
+    recon = ras(result.reconstruction[0])[..., z] if result.reconstruction is not None else np.zeros_like(base)
+    heat = np.clip(score[..., z] / max(float(np.percentile(score[score > 0], 99.9)) if (score > 0).any() else 1, 1e-6),
+                   0, 1)
+    outline = np.stack([base] * 3, -1)
+    outline[segmentation.find_boundaries(mask[..., z] > 0)] = (1, 0, 0)
+    outline[segmentation.find_boundaries(truth[..., z] > 0)] = (0, 1, 0)
+    tiles = [np.stack([t] * 3, -1) for t in (base, recon, heat)] + [outline]
+    grid = np.concatenate([np.rot90(t) for t in tiles], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((grid * 255).astype(np.uint8)).save(path)
