@@ -28,7 +28,7 @@ from skimage import morphology
 
 from anodiff.config import AnomalyConfig, DataConfig, RunConfig
 from anodiff.data.cases import Case
-from anodiff.data.transforms import BRAIN, IMAGE, case_item, preprocessing, to_input_grid
+from anodiff.data.transforms import BRAIN, IMAGE, anodiff_errors, case_item, preprocessing, to_input_grid
 from anodiff.diffusion import build_scheduler, from_model_range, reconstruct, to_model_range
 from anodiff.errors import DataError
 from anodiff.io import Volume, read_volume
@@ -159,7 +159,8 @@ def prepare(case: Case, modalities: tuple[str, ...], data_cfg: DataConfig):
             f"{'is' if len(missing) == 1 else 'are'} missing (it has {list(case.images)})"
         )
     chain = preprocessing(data_cfg, with_label=False)
-    return chain, chain(case_item(case, modalities))
+    with anodiff_errors():
+        return chain, chain(case_item(case, modalities))
 
 
 def detect(

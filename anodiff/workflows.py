@@ -73,7 +73,9 @@ def train_model(
     log.info("training on %d healthy slices of %d cases; %d cases held out for calibration",
              len(train_set), len(train_cases), len(val_cases))
 
-    network = build_network(config.model, in_channels=len(modalities))
+    with torch.random.fork_rng():  # MONAI initialises from the global RNG: seed it, leave it as it was
+        torch.manual_seed(config.train.seed)
+        network = build_network(config.model, in_channels=len(modalities))
     log.info("network: %s parameters", f"{count_parameters(network):,}")
     scheduler = build_scheduler(config.scheduler, "ddpm")
     loss_fn = denoising_loss(network, scheduler, config.scheduler)
@@ -328,11 +330,11 @@ def evaluate_model(model: TrainedModel, data: Path, out: Path, *, seed: int = 0,
         "cases": rows,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
-    with (out / "per_case.csv").open("w", newline="") as handle:
+    with (out / "per_case.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    (out / "summary.md").write_text(markdown_summary(report))
+    (out / "summary.md").write_text(markdown_summary(report), encoding="utf-8")
     return report
 
 

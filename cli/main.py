@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from anodiff.cli.ui import fail, progress_bar, setup_logging, stderr, stdout
 from rich.table import Table
 
 from anodiff import __version__
+from anodiff.cli.ui import fail, progress_bar, setup_logging, stderr, stdout
 from anodiff.errors import AnodiffError
 
 app = typer.Typer(

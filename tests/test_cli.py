@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import shutil
 
-from anodiff.cli.main import app
 from typer.testing import CliRunner
 
+from anodiff.cli.main import app
 from tests.conftest import brain_phantom, save_nifti
 
 runner = CliRunner()

@@ -20,7 +20,7 @@ from monai.data import CacheDataset, PersistentDataset
 
 from anodiff.config import DataConfig
 from anodiff.data.cases import Case
-from anodiff.data.transforms import BRAIN, IMAGE, LABEL, case_item, preprocessing
+from anodiff.data.transforms import BRAIN, IMAGE, LABEL, anodiff_errors, case_item, preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +98,15 @@ class SliceDataset(torch.utils.data.Dataset):
         self.cases = list(cases)
         self.healthy_only = cfg.healthy_only if healthy_only is None else healthy_only
         with_label = any(c.label is not None for c in self.cases)
-        cached = volume_dataset(self.cases, modalities, cfg, with_label=with_label)
+        with anodiff_errors():
+            cached = volume_dataset(self.cases, modalities, cfg, with_label=with_label)
         # Plain tensors held once: a slice lookup then copies nothing and reads no file.
         self.volumes: list[dict[str, torch.Tensor]] = []
         self.refs: list[SliceRef] = []
         for index in range(len(cached)):
-            volume = {k: torch.as_tensor(v).float() for k, v in cached[index].items() if k in (IMAGE, BRAIN, LABEL)}
+            with anodiff_errors():
+                item = cached[index]
+            volume = {k: torch.as_tensor(v).float() for k, v in item.items() if k in (IMAGE, BRAIN, LABEL)}
             self.volumes.append(volume)
             zs = select_slices(volume, cfg, healthy_only=self.healthy_only)
             self.refs += [SliceRef(index, z) for z in zs]

@@ -22,7 +22,8 @@ Axial slices of the result are ``image[..., z]`` (RAS: z runs inferior -> superi
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -41,6 +42,7 @@ from monai.transforms import (
 
 from anodiff.config import DataConfig
 from anodiff.data.cases import Case
+from anodiff.errors import AnodiffError
 from anodiff.io import check_same_grid, read_images, read_volume
 
 IMAGE, LABEL, BRAIN = "image", "label", "brain"
@@ -152,3 +154,17 @@ def to_input_grid(chain: Compose, reference: MetaTensor, values: torch.Tensor) -
     invert = Invertd(keys="values", transform=chain, orig_keys=IMAGE, nearest_interp=False)
     restored = invert({"values": carrier, IMAGE: reference})["values"]
     return torch.as_tensor(restored)
+
+
+@contextmanager
+def anodiff_errors() -> Iterator[None]:
+    """Re-raise an AnodiffError that MONAI wrapped in 'RuntimeError: applying transform ...'."""
+    try:
+        yield
+    except RuntimeError as err:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, AnodiffError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None

@@ -1,0 +1,119 @@
+"""Tiny end-to-end runs through the CLI: train -> detect -> evaluate, resume, geometry, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from anodiff.cli.main import app
+from tests.conftest import OBLIQUE_AFFINE
+
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_cohort, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = invoke("train", "--data", tiny_cohort, "--config", TINY, "--out", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_model_folder_contract(tiny_model):
+    assert {"config.yaml", "model.safetensors", "meta.json", "checkpoint.safetensors", "log.csv"} <= {
+        p.name for p in tiny_model.iterdir()}
+    meta = json.loads((tiny_model / "meta.json").read_text())
+    assert meta["modalities"] == ["flair", "t1", "t1ce", "t2"]
+    assert meta["threshold"] > 0 and meta["baseline_threshold"] > 0
+    assert set(meta["versions"]) == {"anodiff", "torch", "monai"}
+    assert meta["training_data"]["calibration_cases"]
+    assert list((tiny_model / "samples").glob("*.png"))
+
+
+def test_train_refuses_an_existing_folder(tiny_model, tiny_cohort):
+    result = invoke("train", "--data", tiny_cohort, "--config", TINY, "--out", tiny_model)
+    assert result.exit_code == 2 and "--resume" in result.stderr
+
+
+def test_resume_continues_and_matches_an_uninterrupted_run(tiny_cohort, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert invoke("train", "--data", tiny_cohort, "--config", TINY, "--out", whole, "--steps", "20").exit_code == 0
+    assert invoke("train", "--data", tiny_cohort, "--config", TINY, "--out", split, "--steps", "10").exit_code == 0
+    result = invoke("train", "--data", tiny_cohort, "--config", TINY, "--out", split, "--steps", "20", "--resume")
+    assert result.exit_code == 0, result.output
+    steps = [int(line.split(",")[0]) for line in (split / "log.csv").read_text().splitlines()[1:]]
+    assert steps == [5, 10, 15, 20]  # continued from step 10, not from 0
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(split / "model.safetensors"))
+    for key in a:
+        np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-6)
+
+
+def test_detect_keeps_an_oblique_input_grid(tiny_model, tiny_cohort, tmp_path):
+    case = sorted(p for p in tiny_cohort.iterdir() if p.is_dir())[0]
+    oblique = tmp_path / "obl"
+    oblique.mkdir()
+    for path in case.glob("*.nii.gz"):
+        img = nib.load(path)
+        target = oblique / path.name.replace(case.name, "obl")
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), OBLIQUE_AFFINE), target)
+    result = invoke("detect", oblique, "--model", tiny_model, "--out", tmp_path / "mask.nii.gz",
+                    "--map", tmp_path / "map.nii.gz")
+    assert result.exit_code == 0, result.output
+    source = nib.load(oblique / "obl_flair.nii.gz")
+    for name, dtype in (("mask.nii.gz", np.uint8), ("map.nii.gz", np.float32)):
+        out = nib.load(tmp_path / name)
+        assert out.shape == source.shape and out.get_data_dtype() == dtype
+        np.testing.assert_allclose(out.affine, source.affine, atol=1e-5)
+    assert set(np.unique(np.asarray(nib.load(tmp_path / "mask.nii.gz").dataobj))) <= {0, 1}
+    again = invoke("detect", oblique, "--model", tiny_model, "--out", tmp_path / "mask.nii.gz")
+    assert again.exit_code == 1 and "--overwrite" in again.stderr
+
+
+def test_detect_folder_with_a_corrupt_case_writes_the_rest(tiny_model, tiny_cohort, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cohort, data)
+    broken = sorted(data.glob("*/*_t2.nii.gz"))[1]
+    broken.write_bytes(broken.read_bytes()[:300])
+    result = invoke("detect", data, "--model", tiny_model, "--out", tmp_path / "out")
+    assert result.exit_code == 1
+    assert len(list((tmp_path / "out").glob("*_mask.nii.gz"))) == 5
+    assert "1 of 6 case(s) failed" in result.stderr and broken.name in result.stderr
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_detect_refuses_missing_modalities(tiny_model, tiny_cohort, tmp_path):
+    flair = sorted(tiny_cohort.glob("*/*_flair.nii.gz"))[0]
+    result = invoke("detect", "--flair", flair, "--model", tiny_model, "--out", tmp_path / "m.nii.gz")
+    assert result.exit_code == 1 and "trained on ['flair', 't1', 't1ce', 't2']" in result.stderr
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_evaluate_writes_the_report(tiny_model, tiny_cohort, tmp_path):
+    result = invoke("evaluate", "--model", tiny_model, "--data", tiny_cohort, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert set(report["methods"]) == {"anodiff", "flair threshold"}
+    for method in report["methods"].values():
+        assert 0 <= method["auroc_pooled"] <= 1
+        assert method["dice_best_possible_pooled"] >= method["dice_validation_best_pooled"] - 1e-9
+    assert set(report["breakdown"]["kind"]) == {"glioma", "wm_lesions", "t1_hypo", "mass"}
+    assert len(list((tmp_path / "report" / "overlays").glob("*.png"))) == 6
+    assert "flair threshold" in (tmp_path / "report" / "summary.md").read_text(encoding="utf-8")
+    assert "AUROC pooled" in result.stdout
+
+
+def test_model_load_errors_are_one_line(tmp_path):
+    result = invoke("detect", tmp_path, "--model", tmp_path / "nomodel", "--out", tmp_path / "x.nii.gz")
+    assert result.exit_code == 2 and "not a model folder" in result.stderr
