@@ -83,11 +83,15 @@ class SchedulerConfig:
     beta_start: float = 0.0005
     beta_end: float = 0.0195
     prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
-    # Noise the model is trained with and detection noises with: i.i.d. Gaussian, or
+    # Noise the model is trained with and detection noises with: i.i.d. Gaussian;
     # "coarse" (Gaussian drawn on a grid 1/coarse_factor the size, upsampled), which
-    # destroys lesions larger than a few pixels (Kascenas et al., MIDL 2022).
-    noise: Literal["gaussian", "coarse"] = "gaussian"
+    # destroys lesions larger than a few pixels (Kascenas et al., MIDL 2022); or
+    # "simplex", multi-octave simplex noise (AnoDDPM, Wyatt et al. 2022; 2D only).
+    noise: Literal["gaussian", "coarse", "simplex"] = "gaussian"
     coarse_factor: int = 8
+    simplex_octaves: int = 6  # AnoDDPM's default
+    simplex_persistence: float = 0.8  # AnoDDPM's default: amplitude ratio between octaves
+    simplex_cycles: float = 4.0  # cycles of the first octave across the image
 
     def __post_init__(self) -> None:
         if self.num_train_timesteps < 2:

@@ -41,6 +41,8 @@ def make_noise(like: torch.Tensor, cfg: SchedulerConfig, *, generator: torch.Gen
     """Noise shaped like ``like`` (B, C, *S): i.i.d. Gaussian, or coarse Gaussian upsampled."""
     if cfg.noise == "gaussian":
         return torch.randn(like.shape, generator=generator, device="cpu", dtype=torch.float32).to(like)
+    if cfg.noise == "simplex":
+        return simplex_noise(like.shape, cfg, generator=generator).to(like)
     spatial = like.shape[2:]
     small = [max(2, s // cfg.coarse_factor) for s in spatial]
     coarse = torch.randn((*like.shape[:2], *small), generator=generator, dtype=torch.float32)
@@ -129,3 +131,55 @@ def reconstruct(
             x_t, x_hat = scheduler.step(output, t, x_t, generator=generator)
     # DDIM's last visited t is the step ratio: its predicted x_0 is the result (no extra pass).
     return (x_hat if isinstance(scheduler, DDIMScheduler) else x_t).clamp(-1, 1)
+
+
+# Gradient directions of 2D simplex noise (the x, y parts of Gustavson's grad3 table).
+_GRADIENTS_2D = torch.tensor([[1, 1], [-1, 1], [1, -1], [-1, -1], [1, 0], [-1, 0],
+                              [1, 0], [-1, 0], [0, 1], [0, -1], [0, 1], [0, -1]], dtype=torch.float32)
+
+
+def simplex_noise(shape: torch.Size | tuple[int, ...], cfg: SchedulerConfig, *,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Multi-octave 2D simplex noise (B, C, H, W), unit variance per sample (AnoDDPM).
+
+    Each (sample, channel) reads the noise field at its own random offset; octave
+    o has frequency ``simplex_cycles * 2**o`` per image and amplitude
+    ``simplex_persistence**o``.
+    """
+    if len(shape) != 4:
+        raise ValueError(f"simplex noise is 2D only; got a shape of {len(shape) - 2} spatial dims")
+    b, c, h, w = shape
+    perm = torch.randperm(256, generator=generator)
+    perm = torch.cat([perm, perm])
+    offsets = torch.rand((b, c, 2, 1, 1), generator=generator) * 1000
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32) / max(h, w),
+                            torch.arange(w, dtype=torch.float32) / max(h, w), indexing="ij")
+    noise = torch.zeros(shape)
+    for octave in range(cfg.simplex_octaves):
+        frequency = cfg.simplex_cycles * 2**octave
+        x = xs * frequency + offsets[:, :, 0]
+        y = ys * frequency + offsets[:, :, 1]
+        noise += cfg.simplex_persistence**octave * _simplex_2d(x, y, perm)
+    noise = noise - noise.flatten(2).mean(-1)[..., None, None]
+    return noise / noise.flatten(1).std(dim=1).clamp_min(1e-6).view(-1, 1, 1, 1)
+
+
+def _simplex_2d(x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Gustavson's 2D simplex noise at points (x, y), any equal shapes; values in about [-1, 1]."""
+    f2, g2 = 0.5 * (3**0.5 - 1), (3 - 3**0.5) / 6
+    skew = (x + y) * f2
+    i, j = torch.floor(x + skew), torch.floor(y + skew)
+    unskew = (i + j) * g2
+    x0, y0 = x - (i - unskew), y - (j - unskew)
+    i1 = (x0 > y0).float()
+    j1 = 1 - i1
+    corners = [(x0, y0, 0, 0), (x0 - i1 + g2, y0 - j1 + g2, i1, j1), (x0 - 1 + 2 * g2, y0 - 1 + 2 * g2, 1, 1)]
+    ii, jj = i.long() & 255, j.long() & 255
+    total = torch.zeros_like(x)
+    for dx, dy, di, dj in corners:
+        di = di.long() if torch.is_tensor(di) else di
+        dj = dj.long() if torch.is_tensor(dj) else dj
+        gradient = _GRADIENTS_2D[perm[ii + di + perm[jj + dj]] % 12]
+        falloff = torch.clamp(0.5 - dx**2 - dy**2, min=0) ** 4
+        total += falloff * (gradient[..., 0] * dx + gradient[..., 1] * dy)
+    return 70 * total

@@ -100,6 +100,8 @@ def summarize_method(scores: list[np.ndarray], truths: list[np.ndarray], *, cali
     per_case_cal = [dice(m, t) for m, t in zip(masks, truths)]
     per_case_val = [dice(s > thr, t) if np.isfinite(thr) else float("nan") for s, t, thr in zip(scores, truths, loo)]
     per_case_auroc = [auroc(s, t) for s, t in zip(scores, truths)]
+    per_case_auprc = [auprc(s, t) for s, t in zip(scores, truths)]
+    per_case_best = [best_threshold(s, t)[1] if t.any() else float("nan") for s, t in zip(scores, truths)]
     val_masks = [s > thr for s, thr in zip(scores, loo) if np.isfinite(thr)]
     val_truths = [t for t, thr in zip(truths, loo) if np.isfinite(thr)]
     lesion_cases = [i for i, t in enumerate(truths) if t.any()]
@@ -117,7 +119,8 @@ def summarize_method(scores: list[np.ndarray], truths: list[np.ndarray], *, cali
         "threshold_calibrated": calibrated,
         "threshold_best_possible": best_t,
         "per_case": {"dice_calibrated": per_case_cal, "dice_validation_best": per_case_val,
-                     "auroc": per_case_auroc, "threshold_validation_best": loo},
+                     "auroc": per_case_auroc, "auprc": per_case_auprc, "dice_best_possible": per_case_best,
+                     "threshold_validation_best": loo},
     }
 
 

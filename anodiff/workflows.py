@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +21,13 @@ import yaml
 from PIL import Image
 from skimage import exposure, segmentation
 
-from anodiff.config import RunConfig, config_to_dict
+from anodiff.config import RunConfig, config_to_dict, with_overrides
 from anodiff.data.cases import Case, discover, select_modalities
 from anodiff.data.datasets import SliceDataset
 from anodiff.data.synthetic import read_cohort_info
 from anodiff.detection import AnomalyResult, calibrate_threshold, detect, score_slices
 from anodiff.diffusion import build_scheduler, denoising_loss
-from anodiff.errors import AnodiffError, DataError
+from anodiff.errors import AnodiffError, ConfigError, DataError
 from anodiff.evaluation import size_bin, summarize_method
 from anodiff.io import read_volume, write_volume
 from anodiff.modelfolder import TrainedModel, load_model, save_model, update_meta
@@ -139,6 +139,30 @@ def calibrate(model: TrainedModel, healthy_cases: list[Case], *, progress: Progr
         "calibration": {"fpr": fpr, "cases": [c.id for c in healthy_cases],
                         "voxels": int(sum(s.size for s in model_scores))},
     }
+
+
+def with_anomaly_settings(model: TrainedModel, overrides: list[str], *, progress: Progress | None = None
+                          ) -> TrainedModel:
+    """The model with ``anomaly.*`` overrides; thresholds recalibrated on its own calibration cases.
+
+    A calibrated threshold belongs to the settings it was calibrated with (t0,
+    steps, filtering), so changing them without recalibrating would be dishonest.
+    """
+    if not overrides:
+        return model
+    bad = [o for o in overrides if not o.strip().startswith("anomaly.")]
+    if bad:
+        raise ConfigError(f"only anomaly.* settings can change after training, not {bad[0]!r}")
+    config = with_overrides(model.config, overrides)
+    changed = replace(model, config=config)
+    source = model.meta.get("training_data", {})
+    wanted = set(source.get("calibration_cases", []))
+    cases = [c for c in discover(source.get("root", "")).cases if c.id in wanted] if wanted else []
+    if not cases:
+        raise DataError(f"{model.folder}: calibration cases not found under {source.get('root')!r}; "
+                        "cannot recalibrate for new anomaly settings")
+    log.info("recalibrating for %s on %d healthy case(s)", " ".join(overrides), len(cases))
+    return replace(changed, meta={**model.meta, **calibrate(changed, cases, progress=progress)})
 
 
 def _healthy_slices(case: Case, shape) -> np.ndarray:

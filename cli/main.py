@@ -215,13 +215,17 @@ def evaluate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("report"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the noise draws.")] = 0,
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="anomaly.* settings to try (e.g. anomaly.t0=400); the threshold is recalibrated.")] = None,
 ) -> None:
     """Dice (three named thresholds), AUROC and AUPRC beside a FLAIR intensity-threshold baseline."""
     from anodiff.modelfolder import load_model
     from anodiff.training import pick_device
-    from anodiff.workflows import evaluate_model
+    from anodiff.workflows import evaluate_model, with_anomaly_settings
 
     loaded = load_model(model, device=pick_device(device))
+    with progress_bar("recalibrating", transient=True) as progress:
+        loaded = with_anomaly_settings(loaded, overrides or [], progress=progress)
     with progress_bar("evaluating") as progress:
         report = evaluate_model(loaded, data, out, seed=seed, progress=progress)
     print_report(report)

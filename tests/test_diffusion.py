@@ -79,3 +79,17 @@ def test_coarse_noise_is_unit_variance_and_low_frequency():
         return torch.corrcoef(torch.stack([n[..., :-1].flatten(), n[..., 1:].flatten()]))[0, 1].item()
 
     assert neighbour_correlation(coarse) > 0.9 and abs(neighbour_correlation(fine)) < 0.05
+
+
+def test_simplex_noise_is_seeded_unit_variance_and_smooth():
+    cfg = SchedulerConfig(noise="simplex")
+    like = torch.zeros(2, 3, 32, 32)
+    a = make_noise(like, cfg, generator=torch.Generator().manual_seed(0))
+    b = make_noise(like, cfg, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert a.shape == like.shape and a.std().item() == pytest.approx(1.0, abs=0.05)
+    assert not torch.allclose(a[0, 0], a[0, 1])  # channels get their own field
+    pairs = torch.stack([a[..., :-1].flatten(), a[..., 1:].flatten()])
+    assert torch.corrcoef(pairs)[0, 1] > 0.3  # spatially correlated, unlike i.i.d. noise
+    with pytest.raises(ValueError, match="2D only"):
+        make_noise(torch.zeros(1, 1, 8, 8, 8), cfg)

@@ -117,3 +117,16 @@ def test_evaluate_writes_the_report(tiny_model, tiny_cohort, tmp_path):
 def test_model_load_errors_are_one_line(tmp_path):
     result = invoke("detect", tmp_path, "--model", tmp_path / "nomodel", "--out", tmp_path / "x.nii.gz")
     assert result.exit_code == 2 and "not a model folder" in result.stderr
+
+
+def test_evaluate_with_new_anomaly_settings_recalibrates(tiny_model, tiny_cohort, tmp_path):
+    base = json.loads((tiny_model / "meta.json").read_text())["threshold"]
+    result = invoke("evaluate", "--model", tiny_model, "--data", tiny_cohort, "--out", tmp_path / "r",
+                    "anomaly.t0=60", "anomaly.num_inference_steps=2")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["anomaly"]["t0"] == 60 and report["network_evals_per_slice"] == 2
+    assert report["methods"]["anodiff"]["threshold_calibrated"] != pytest.approx(base)
+    refused = invoke("evaluate", "--model", tiny_model, "--data", tiny_cohort, "--out", tmp_path / "r2",
+                     "model.channels=[8,8,8]")
+    assert refused.exit_code == 2 and "only anomaly.* settings" in refused.stderr
