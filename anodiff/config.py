@@ -130,8 +130,10 @@ class AnomalyConfig:
     """From reconstruction to mask (see :mod:`anodiff.detection`)."""
 
     t0: int = 250  # noise level the scan is noised to, out of num_train_timesteps
+    extra_t0: tuple[int, ...] = ()  # further noise levels; the residuals of all levels are averaged
+    sampler: Literal["ddim", "ddpm"] = "ddim"  # ddpm: the full reverse chain from t0, for reference
     num_inference_steps: int = 10  # DDIM steps from t0 back to 0
-    num_draws: int = 1  # reconstructions averaged (different noise draws)
+    num_draws: int = 1  # reconstructions averaged per noise level (different noise draws)
     median_size: int = 3  # median filter on the map, in voxels of the network grid; 0 or 1: off
     brain_erosion: int = 1  # voxels eroded from the brain mask before scoring
     fpr: float = 0.01  # healthy false-positive rate that fixes the calibrated threshold
@@ -140,8 +142,8 @@ class AnomalyConfig:
     batch_size: int = 64  # slices per network call at inference
 
     def __post_init__(self) -> None:
-        if self.t0 < 1:
-            raise ConfigError(f"anomaly.t0 must be >= 1, got {self.t0}")
+        if min((self.t0, *self.extra_t0)) < 1:
+            raise ConfigError(f"anomaly.t0 and anomaly.extra_t0 must be >= 1, got {self.t0}, {self.extra_t0}")
         if self.num_inference_steps < 1:
             raise ConfigError(f"anomaly.num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if not 0 < self.fpr < 1:
@@ -159,7 +161,7 @@ class RunConfig:
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
 
     def __post_init__(self) -> None:
-        if self.anomaly.t0 >= self.scheduler.num_train_timesteps:
+        if max((self.anomaly.t0, *self.anomaly.extra_t0)) >= self.scheduler.num_train_timesteps:
             raise ConfigError(
                 f"anomaly.t0 ({self.anomaly.t0}) must be below scheduler.num_train_timesteps "
                 f"({self.scheduler.num_train_timesteps})"

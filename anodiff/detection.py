@@ -70,27 +70,27 @@ def score_slices(
     config: RunConfig,
     *,
     generator: torch.Generator | None = None,
-    scheduler_kind: str = "ddim",
-    num_steps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Residual scores of a batch of slices (B, C, H, W) in [0, 1].
 
-    Returns the raw residual (B, 1, H, W), the reconstruction (B, C, H, W) and the
-    number of network evaluations per slice.
+    Reconstructs at every noise level (``t0`` and ``extra_t0``), ``num_draws`` times
+    each, and averages. Returns the residual (B, 1, H, W), the mean reconstruction
+    (B, C, H, W) and the number of network evaluations per slice.
     """
     cfg = config.anomaly
     device = next(network.parameters()).device
-    scheduler = build_scheduler(config.scheduler, scheduler_kind)
-    steps = num_steps or cfg.num_inference_steps
+    scheduler = build_scheduler(config.scheduler, cfg.sampler)
     x_0 = to_model_range(slices.to(device))
     recon_sum = torch.zeros_like(x_0)
     evals = 0
-    for _ in range(cfg.num_draws):
-        x_hat = reconstruct(network, x_0, scheduler, config.scheduler, t0=cfg.t0, num_steps=steps,
-                            generator=generator)
-        recon_sum += x_hat
-        evals += steps if scheduler_kind == "ddim" else cfg.t0 + 1
-    recon = from_model_range(recon_sum / cfg.num_draws)
+    levels = (cfg.t0, *cfg.extra_t0)
+    for t0 in levels:
+        for _ in range(cfg.num_draws):
+            x_hat = reconstruct(network, x_0, scheduler, config.scheduler, t0=t0,
+                                num_steps=cfg.num_inference_steps, generator=generator)
+            recon_sum += x_hat
+            evals += cfg.num_inference_steps if cfg.sampler == "ddim" else t0 + 1
+    recon = from_model_range(recon_sum / (len(levels) * cfg.num_draws))
     residual = (recon - slices.to(device)).abs().mean(dim=1, keepdim=True)
     return residual.float().cpu(), recon.float().cpu(), evals
 
@@ -103,7 +103,6 @@ def score_volume(
     *,
     generator: torch.Generator | None = None,
     progress: ProgressFn | None = None,
-    **kwargs,
 ) -> GridScores:
     """Anomaly map of one preprocessed volume: image (C, H, W, D), brain (1, H, W, D) -> GridScores."""
     cfg = config.anomaly
@@ -115,7 +114,7 @@ def score_volume(
     for start in range(0, len(z_list), cfg.batch_size):
         zs = z_list[start : start + cfg.batch_size]
         slices = image[..., zs].permute(3, 0, 1, 2).float()  # (B, C, H, W)
-        residual, x_hat, evals = score_slices(network, slices, config, generator=generator, **kwargs)
+        residual, x_hat, evals = score_slices(network, slices, config, generator=generator)
         score[..., zs] = residual.permute(1, 2, 3, 0)
         recon[..., zs] = x_hat.permute(1, 2, 3, 0)
         if progress is not None:

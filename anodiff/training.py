@@ -122,7 +122,8 @@ def fit(
                 csv.writer(handle).writerow([done, f"{sum(losses) / len(losses):.6f}", cfg.lr, f"{rate:.3f}"])
             losses, window_start = [], time.perf_counter()
         if progress is not None:
-            progress(done, cfg.num_steps, f"loss {loss:.4f}")
+            rate = (done - start) / max(time.perf_counter() - began, 1e-9)
+            progress(done, cfg.num_steps, f"loss {loss:.4f}  {rate:.2f} steps/s")
         if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
             save_checkpoint(checkpoint, network, ema, optimizer, step=done, config_text=config_text)
         if on_sample is not None and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.num_steps):

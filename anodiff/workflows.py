@@ -419,7 +419,9 @@ def save_overlay(path: Path, image: np.ndarray, result: AnomalyResult, label: np
     z = int(np.argmax(truth.sum((0, 1)))) if truth.any() else int(np.argmax(score.sum((0, 1))))
     scale = np.percentile(img[img > 0], 99.5) if (img > 0).any() else 1.0
     base = np.clip(img[..., z] / scale, 0, 1)
-    recon = ras(result.reconstruction[0])[..., z] if result.reconstruction is not None else np.zeros_like(base)
+    recon = np.zeros_like(base)
+    if result.reconstruction is not None:  # shown inside the brain only, as it is scored
+        recon = (ras(result.reconstruction[0]) * ras(result.brain))[..., z]
     heat = np.clip(score[..., z] / max(float(np.percentile(score[score > 0], 99.9)) if (score > 0).any() else 1, 1e-6),
                    0, 1)
     outline = np.stack([base] * 3, -1)
