@@ -97,6 +97,10 @@ def fit(
     log_path = out_dir / "log.csv"
     if start == 0 or not log_path.exists():
         log_path.write_text("step,loss,lr,steps_per_s\n")
+    else:  # rows logged after the checkpoint belong to steps about to be redone
+        header, *rows = log_path.read_text().splitlines()
+        kept = [r for r in rows if r.split(",")[0].isdigit() and int(r.split(",")[0]) <= start]
+        log_path.write_text("\n".join([header, *kept]) + "\n")
     began, window_start, losses, loss = time.perf_counter(), time.perf_counter(), [], math.nan
     network.train()
     for step in range(start, cfg.num_steps):

@@ -117,7 +117,8 @@ def train_model(
     return load_model(out, device=device)
 
 
-def calibrate(model: TrainedModel, healthy_cases: list[Case], *, progress: Progress | None = None) -> dict:
+def calibrate(model: TrainedModel, healthy_cases: list[Case], *, seed: int = 0,
+              progress: Progress | None = None) -> dict:
     """Thresholds at the configured healthy false-positive rate, for anodiff and the FLAIR baseline.
 
     Voxels used: brain voxels of the axial slices without any label voxel (the
@@ -125,7 +126,8 @@ def calibrate(model: TrainedModel, healthy_cases: list[Case], *, progress: Progr
     """
     model_scores, baseline_scores = [], []
     for index, case in enumerate(healthy_cases):
-        result = detect(model.network, model.config, case, model.modalities, threshold=np.inf)
+        result = detect(model.network, model.config, case, model.modalities, threshold=np.inf,
+                        generator=torch.Generator().manual_seed(seed))
         healthy = result.brain & _healthy_slices(case, result.brain.shape)
         model_scores.append(result.score_map[healthy])
         base_modality = "flair" if "flair" in case.images else model.modalities[0]

@@ -55,6 +55,8 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tiny_cohort, tmp_path
     assert result.exit_code == 0, result.output
     steps = [int(line.split(",")[0]) for line in (split / "log.csv").read_text().splitlines()[1:]]
     assert steps == [5, 10, 15, 20]  # continued from step 10, not from 0
+    thresholds = [json.loads((run / "meta.json").read_text())["threshold"] for run in (whole, split)]
+    assert thresholds[0] == thresholds[1]  # calibration is seeded too
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(split / "model.safetensors"))
     for key in a:
         np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-6)
