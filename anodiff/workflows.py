@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 import yaml
@@ -29,7 +30,7 @@ from anodiff.detection import AnomalyResult, calibrate_threshold, detect, score_
 from anodiff.diffusion import build_scheduler, denoising_loss
 from anodiff.errors import AnodiffError, ConfigError, DataError
 from anodiff.evaluation import size_bin, summarize_method
-from anodiff.io import read_volume, write_volume
+from anodiff.io import read_volume, strip_image_suffix, write_volume
 from anodiff.modelfolder import TrainedModel, load_model, save_model, update_meta
 from anodiff.models import build_network, count_parameters
 from anodiff.training import fit
@@ -172,8 +173,6 @@ def _healthy_slices(case: Case, shape) -> np.ndarray:
     if case.label is None:
         return np.ones(shape, bool)
     label = read_volume(case.label, allow_constant=True)
-    import nibabel as nib
-
     ornt = nib.orientations.io_orientation(label.affine)
     axis = int(np.argmax(np.abs(ornt[:, 0]) == 2))  # the voxel axis running along world z
     lesion_on = (label.data > 0).any(axis=tuple(a for a in range(3) if a != axis))
@@ -221,8 +220,6 @@ def resolve_cases(inputs: list[Path], modality_paths: dict[str, Path]) -> list[C
 
 
 def _stem(path: Path) -> str:
-    from anodiff.io import strip_image_suffix
-
     return strip_image_suffix(path)
 
 
@@ -410,8 +407,6 @@ def markdown_summary(report: dict) -> str:
 
 def save_overlay(path: Path, image: np.ndarray, result: AnomalyResult, label: np.ndarray) -> None:
     """PNG: image, reconstruction, anomaly map, and outlines (red predicted, green true) on one axial slice."""
-    import nibabel as nib
-
     ornt = nib.orientations.io_orientation(result.reference.affine)
 
     def ras(volume: np.ndarray) -> np.ndarray:
