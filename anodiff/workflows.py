@@ -131,8 +131,8 @@ def calibrate(model: TrainedModel, healthy_cases: list[Case], *, seed: int = 0,
                         generator=torch.Generator().manual_seed(seed))
         healthy = result.brain & _healthy_slices(case, result.brain.shape)
         model_scores.append(result.score_map[healthy])
-        base_modality = "flair" if "flair" in case.images else model.modalities[0]
-        baseline_scores.append(baseline_score(read_volume(case.images[base_modality]).data, result.brain)[healthy])
+        image = baseline_image(case, model.modalities, result)
+        baseline_scores.append(baseline_score(image, result.brain)[healthy])
         if progress is not None:
             progress(index + 1, len(healthy_cases), f"calibrating {case.id}")
     fpr = model.config.anomaly.fpr
@@ -180,6 +180,17 @@ def _healthy_slices(case: Case, shape) -> np.ndarray:
     view = [1, 1, 1]
     view[axis] = -1
     return np.broadcast_to(keep.reshape(view), shape)
+
+
+def baseline_modality(case: Case, modalities: tuple[str, ...]) -> str:
+    """The baseline's modality: FLAIR when the case has it, else the model's first."""
+    return "flair" if "flair" in case.images else modalities[0]
+
+
+def baseline_image(case: Case, modalities: tuple[str, ...], result: AnomalyResult) -> np.ndarray:
+    """The baseline's image (X, Y, Z); reuses what detection already read when it is the same file."""
+    name = baseline_modality(case, modalities)
+    return result.reference.data if name == modalities[0] else read_volume(case.images[name]).data
 
 
 def baseline_score(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
@@ -304,7 +315,7 @@ def evaluate_model(model: TrainedModel, data: Path, out: Path, *, seed: int = 0,
     if not cases:
         raise DataError(f"{data}: no labelled cases to evaluate on")
     info = read_cohort_info(found.root)
-    baseline_modality = "flair" if "flair" in cases[0].images else model.modalities[0]
+    baseline_name = baseline_modality(cases[0], model.modalities)
     out.mkdir(parents=True, exist_ok=True)
     rows, anodiff_scores, anodiff_masks, base_scores, truths = [], [], [], [], []
     seconds, evals = [], 0
@@ -316,7 +327,7 @@ def evaluate_model(model: TrainedModel, data: Path, out: Path, *, seed: int = 0,
         evals = result.num_network_evals
         label = read_volume(case.label, allow_constant=True).data > 0
         brain = result.brain
-        flair = read_volume(case.images[baseline_modality]).data
+        flair = baseline_image(case, model.modalities, result)
         base = baseline_score(flair, brain)
         anodiff_scores.append(result.score_map[brain])
         anodiff_masks.append(result.mask[brain] > 0)
@@ -333,7 +344,7 @@ def evaluate_model(model: TrainedModel, data: Path, out: Path, *, seed: int = 0,
     methods = {
         "anodiff": summarize_method(anodiff_scores, truths, calibrated=model.meta["threshold"],
                                     masks_calibrated=anodiff_masks),
-        f"{baseline_modality} threshold": summarize_method(base_scores, truths,
+        f"{baseline_name} threshold": summarize_method(base_scores, truths,
                                                            calibrated=model.meta["baseline_threshold"]),
     }
     for name, summary in methods.items():
