@@ -25,8 +25,9 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The same tests with the property-based ones trying 10x more inputs.
 test-all: setup
-	$(BIN)/python -m pytest -q
+	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check anodiff cli tests examples benchmarks

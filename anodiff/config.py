@@ -182,10 +182,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         base_dir = path.parent
         try:
             raw = yaml.safe_load(path.read_text()) or {}
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read config ({err})") from err
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: cannot read config as text ({err})") from err
+        except yaml.YAMLError as err:  # also a !!python tag: safe_load never constructs objects
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from err
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a config must be a mapping of sections")
     for item in overrides:
@@ -230,7 +230,10 @@ def _set_dotted(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override '{item}': '{part}' is not a section")
-    node[leaf] = yaml.safe_load(value) if value.strip() else None
+    try:
+        node[leaf] = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{item}': not a valid value ({' '.join(str(err).split())})") from err
 
 
 def build(cls: type, raw: Any, *, source: str, base_dir: Path, prefix: str = "") -> Any:

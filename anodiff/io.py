@@ -43,6 +43,9 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Slack allowed between the bytes a NIfTI header promises and what its gzip
 # stream holds (extensions, padding); more than this is refused as a bomb.
 _GZIP_SLACK_BYTES = 1 << 20
+# Larger images are refused before any voxel is read: 2**28 voxels is 1 GiB as
+# float32, over 25x a 1 mm whole-head scan; a header claiming more is corrupt or hostile.
+MAX_VOXELS = 1 << 28
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,6 +104,7 @@ def read_volume(path: str | Path, *, allow_constant: bool = False) -> Volume:
     else:
         raise DataError(f"{path}: not an image file (expected one of {', '.join(IMAGE_SUFFIXES)})")
     data = _as_3d(path, data)
+    _check_affine(path, affine)
     _check_content(path, data, allow_constant=allow_constant)
     log.debug("read %s shape=%s orientation=%s", path.name, data.shape, nib.orientations.aff2axcodes(affine))
     return Volume(data=data, affine=affine, path=path, nifti_codes=codes)
@@ -168,6 +172,13 @@ def write_volume(
     return path
 
 
+def normal_file_mode() -> int:
+    """The mode ``open()`` gives a new file here (0o666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 # ---------------------------------------------------------------- readers
 
 
@@ -177,9 +188,12 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
             img = _nifti_from_bytes(path, _gunzip_checked(path))
         else:
             img = nib.load(path, mmap=False)
+            _check_size(path, img.shape)
         data = img.get_fdata(dtype=np.float32)
     except DataError:
         raise
+    except MemoryError as err:
+        raise DataError(f"{path}: too large to read into memory") from err
     except nib.filebasedimages.ImageFileError as err:
         raise DataError(f"{path}: not a readable NIfTI image ({_one_line(err)})") from err
     except (OSError, EOFError, ValueError, zlib.error, nib.spatialimages.HeaderDataError) as err:
@@ -216,6 +230,7 @@ def _nifti_expected_bytes(path: Path, head: bytes) -> int:
         for endian in ("<", ">"):
             if int(np.frombuffer(head[:4], dtype=f"{endian}i4")[0]) == size:
                 hdr = klass(head[:size], endianness=endian, check=False)
+                _check_size(path, hdr.get_data_shape())
                 nbytes = int(np.prod([int(d) for d in hdr.get_data_shape()], dtype=np.int64))
                 nbytes *= max(int(hdr["bitpix"]) // 8, 1)
                 return int(hdr["vox_offset"]) + nbytes
@@ -231,8 +246,14 @@ def _nifti_from_bytes(path: Path, raw: bytes) -> nib.Nifti1Image:
 
 
 def _read_with_sitk(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        img = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+        _check_size(path, reader.GetSize())
+        img = reader.Execute()
+    except MemoryError as err:
+        raise DataError(f"{path}: too large to read into memory") from err
     except RuntimeError as err:
         raise DataError(f"{path}: unreadable image ({_first_line(err)})") from err
     return _from_sitk(path, img)
@@ -272,6 +293,13 @@ def sitk_geometry_to_affine(spacing, origin, direction) -> np.ndarray:
     return _LPS_TO_RAS @ lps
 
 
+def _check_size(path: Path, shape) -> None:
+    voxels = int(np.prod([max(int(d), 1) for d in shape], dtype=np.float64))
+    if voxels > MAX_VOXELS:
+        raise DataError(f"{path}: header claims {tuple(int(d) for d in shape)} = {voxels:,} voxels, over the "
+                        f"{MAX_VOXELS:,}-voxel limit (a corrupt header, or crop/downsample the image first)")
+
+
 def _as_3d(path: Path, data: np.ndarray) -> np.ndarray:
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
@@ -283,6 +311,11 @@ def _as_3d(path: Path, data: np.ndarray) -> np.ndarray:
     if data.ndim < 3 or min(data.shape) < 2:
         raise DataError(f"{path}: expected a 3D volume, got a 2D image of shape {data.shape}")
     return np.ascontiguousarray(data, dtype=np.float32)
+
+
+def _check_affine(path: Path, affine: np.ndarray) -> None:
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise DataError(f"{path}: voxel-to-world geometry is degenerate (zero, NaN or infinite voxel size or axes)")
 
 
 def _check_content(path: Path, data: np.ndarray, *, allow_constant: bool) -> None:

@@ -44,30 +44,33 @@ def versions() -> dict[str, str]:
     return {"anodiff": __version__, "torch": torch.__version__, "monai": monai.__version__}
 
 
-def write_json(path: Path, content: dict) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Write to a temporary name in the same folder, then rename into place."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(content, indent=2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, content: dict) -> None:
+    write_text(path, json.dumps(content, indent=2))
 
 
 def save_model(folder: Path, config: RunConfig, network: nn.Module, meta: dict[str, Any]) -> None:
-    """Write weights, config and meta (each atomically); meta gains the library versions."""
+    """Write weights, config and, last, meta (each atomically); meta gains the library versions.
+
+    meta.json is what makes the folder a model: a run killed before it leaves a
+    folder that ``load_model`` refuses, never weights paired with a stale meta.
+    """
     from anodiff.training import write_safetensors
 
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     write_safetensors(tensors, folder / WEIGHTS)
-    tmp = folder / f".{CONFIG}.tmp"
-    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    os.replace(tmp, folder / CONFIG)
+    write_text(folder / CONFIG, yaml.safe_dump(config_to_dict(config), sort_keys=False))
     write_json(folder / META, {**meta, "versions": versions()})
-
-
-def update_meta(folder: Path, **changes: Any) -> dict[str, Any]:
-    meta = json.loads((folder / META).read_text())
-    meta.update(changes)
-    write_json(folder / META, meta)
-    return meta
 
 
 def load_model(folder: str | Path, *, device: torch.device | str = "cpu") -> TrainedModel:
@@ -77,13 +80,13 @@ def load_model(folder: str | Path, *, device: torch.device | str = "cpu") -> Tra
         raise CheckpointError(f"{folder}: not a model folder (train one with `anodiff train`)")
     for name in (CONFIG, WEIGHTS, META):
         if not (folder / name).is_file():
-            raise CheckpointError(f"{folder}: missing {name}; is training finished?")
+            raise CheckpointError(f"{folder}: missing {name}; training did not finish (use `anodiff train --resume`)")
     try:
         raw = yaml.safe_load((folder / CONFIG).read_text())
         config = build(RunConfig, raw, source=str(folder / CONFIG), base_dir=folder)
         meta = json.loads((folder / META).read_text())
-    except (yaml.YAMLError, json.JSONDecodeError, ConfigError) as err:
-        raise CheckpointError(f"{folder}: unreadable config or meta ({' '.join(str(err).split())})") from err
+    except (yaml.YAMLError, UnicodeDecodeError, json.JSONDecodeError, ConfigError) as err:
+        raise CheckpointError(f"{folder}: unreadable {CONFIG} or {META} ({' '.join(str(err).split())})") from err
     network = build_network(config.model, in_channels=len(meta["modalities"]))
     try:
         state = load_file(str(folder / WEIGHTS))

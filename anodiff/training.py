@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from torch import nn
 
 from anodiff.config import TrainConfig
 from anodiff.errors import CheckpointError
+from anodiff.io import normal_file_mode
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +156,17 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: di
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, normal_file_mode())  # safetensors creates 0600 files
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete the temporary files a killed write left behind (``.<name>.<8 hex>.tmp``)."""
+    for path in folder.glob(".*.tmp"):
+        if re.fullmatch(r"\..+\.[0-9a-f]{8}\.tmp", path.name):
+            path.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path, network: nn.Module, ema, optimizer, *, config_text: str = "") -> int:

@@ -31,9 +31,9 @@ from anodiff.diffusion import build_scheduler, denoising_loss
 from anodiff.errors import AnodiffError, ConfigError, DataError
 from anodiff.evaluation import size_bin, summarize_method
 from anodiff.io import read_volume, strip_image_suffix, write_volume
-from anodiff.modelfolder import TrainedModel, load_model, save_model, update_meta
+from anodiff.modelfolder import META, TrainedModel, load_model, save_model
 from anodiff.models import build_network, count_parameters
-from anodiff.training import fit
+from anodiff.training import fit, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,11 @@ def train_model(
         index = torch.randint(len(train_set), (config.train.batch_size,), generator=generator)
         return {"image": torch.stack([train_set[int(i)]["image"] for i in index])}
 
-    preview = torch.stack([train_set[int(i)]["image"] for i in np.linspace(0, len(train_set) - 1, 4).astype(int)])
     out.mkdir(parents=True, exist_ok=True)
+    # A folder is a usable model once meta.json is written, last; until then it is not one.
+    (out / META).unlink(missing_ok=True)
+    remove_stale_temporaries(out)
+    preview = torch.stack([train_set[int(i)]["image"] for i in np.linspace(0, len(train_set) - 1, 4).astype(int)])
     # What a checkpoint must agree with to be resumed: the config, less the step count (--steps may grow).
     identity = config_to_dict(config)
     identity["train"].pop("num_steps")
@@ -111,10 +114,9 @@ def train_model(
         "training": {"steps": config.train.num_steps, "seconds_this_run": round(result.seconds, 1),
                      "final_loss": result.final_loss, "device": str(device)},
     }
+    trained = TrainedModel(config=config, network=ema_network.eval(), meta=meta, folder=out)
+    meta |= calibrate(trained, val_cases, progress=progress)
     save_model(out, config, ema_network, meta)
-    model = load_model(out, device=device)
-    thresholds = calibrate(model, val_cases, progress=progress)
-    update_meta(out, **thresholds)
     return load_model(out, device=device)
 
 
@@ -280,6 +282,8 @@ def detect_cases(
     for index, case in enumerate(cases):
         mask_path, map_path = outputs(case)
         clock = time.perf_counter()
+        written: list[Path] = []
+        fresh = [t for t in (mask_path, map_path) if t is not None and not t.exists()]
         try:
             case = match_modalities(case, model)
             inputs = {p.resolve() for p in case.images.values()}
@@ -290,14 +294,20 @@ def detect_cases(
                     raise DataError(f"{target}: already exists (pass --overwrite to replace it)")
             result = detect(model.network, model.config, case, model.modalities, threshold=chosen,
                             generator=torch.Generator().manual_seed(seed))
-            written = [write_volume(result.mask, mask_path, like=result.reference, dtype=np.uint8,
-                                    overwrite=overwrite)]
+            written.append(write_volume(result.mask, mask_path, like=result.reference, dtype=np.uint8,
+                                        overwrite=overwrite))
             if map_path is not None:
                 written.append(write_volume(result.score_map, map_path, like=result.reference, dtype=np.float32,
                                             overwrite=overwrite))
             outcomes.append(DetectOutcome(case.id, written, seconds=time.perf_counter() - clock,
                                           timings=result.timings))
-        except AnodiffError as err:
+        except Exception as err:  # one bad case must not stop a batch of hundreds
+            if not isinstance(err, AnodiffError):
+                log.debug("case %s failed", case.id, exc_info=True)
+                err = f"unexpected {type(err).__name__}: {' '.join(str(err).split())} (run with -v for details)"
+            for path in written:  # no half-made case: a mask without the map it was asked with
+                if path in fresh:
+                    path.unlink(missing_ok=True)
             outcomes.append(DetectOutcome(case.id, [], error=str(err)))
         if progress is not None:
             progress(index + 1, len(cases), case.id)

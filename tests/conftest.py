@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 # An oblique affine: rotated about z and x, anisotropic voxels, a flipped axis.
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+
 _c, _s = np.cos(0.3), np.sin(0.3)
 OBLIQUE_AFFINE = np.array(
     [[-1.2 * _c, -0.9 * _s, 0.0, 40.0],
@@ -61,3 +63,17 @@ def shared_data() -> Path:
     if not root.is_dir():
         pytest.skip("../shared/data/brats2015-sample is not beside this checkout")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_cohort, tmp_path_factory) -> Path:
+    """A model folder trained with configs/tiny.yaml on the tiny cohort (seconds)."""
+    from typer.testing import CliRunner
+
+    from anodiff.cli.main import app
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = CliRunner().invoke(app, ["train", "--data", str(tiny_cohort), "--config", TINY, "--out", str(out),
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return out

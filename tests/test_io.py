@@ -51,6 +51,20 @@ def test_write_refuses_to_overwrite_and_leaves_no_temporary(tmp_path):
         write_volume(np.zeros((3, 3, 3)), tmp_path / "bad.nii.gz", like=source)
 
 
+def test_atomic_writes_keep_normal_file_permissions(tmp_path, tiny_model):
+    """A temporary file made by mkstemp is 0600; renamed into place it would hide outputs from the group."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    normal = plain.stat().st_mode & 0o777
+    image, _ = brain_phantom()
+    source = read_volume(save_nifti(tmp_path / "in.nii.gz", image))
+    written = [write_volume(image > 0, tmp_path / f"m{suffix}", like=source, dtype=np.uint8)
+               for suffix in (".nii.gz", ".nii", ".mha")]
+    written += [tiny_model / name for name in ("model.safetensors", "meta.json", "config.yaml",
+                                               "checkpoint.safetensors")]
+    assert {path.name: path.stat().st_mode & 0o777 for path in written} == {path.name: normal for path in written}
+
+
 def test_sitk_geometry_is_converted_to_ras(tmp_path):
     image, _ = brain_phantom()
     itk = sitk.GetImageFromArray(np.transpose(image, (2, 1, 0)))

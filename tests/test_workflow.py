@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -13,22 +14,13 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from anodiff.cli.main import app
-from tests.conftest import OBLIQUE_AFFINE
+from tests.conftest import OBLIQUE_AFFINE, TINY
 
-TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 runner = CliRunner()
 
 
 def invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_cohort, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    result = invoke("train", "--data", tiny_cohort, "--config", TINY, "--out", out, "--device", "cpu")
-    assert result.exit_code == 0, result.output
-    return out
 
 
 def test_model_folder_contract(tiny_model):
@@ -132,3 +124,59 @@ def test_evaluate_with_new_anomaly_settings_recalibrates(tiny_model, tiny_cohort
     refused = invoke("evaluate", "--model", tiny_model, "--data", tiny_cohort, "--out", tmp_path / "r2",
                      "model.channels=[8,8,8]")
     assert refused.exit_code == 2 and "only anomaly.* settings" in refused.stderr
+
+
+def test_same_seed_gives_a_bit_identical_mask(tiny_model, tiny_cohort, tmp_path):
+    case = sorted(p for p in tiny_cohort.iterdir() if p.is_dir())[2]
+
+    def run(name: str, seed: int, *, subprocess_run: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        args = ["detect", str(case), "--model", str(tiny_model), "--out", str(tmp_path / name / "mask.nii.gz"),
+                "--map", str(tmp_path / name / "map.nii.gz"), "--seed", str(seed), "--device", "cpu"]
+        if subprocess_run:  # a fresh process: no state carried over from earlier calls
+            subprocess.run([sys.executable, "-m", "anodiff.cli", *args], check=True, capture_output=True)
+        else:
+            assert invoke(*args).exit_code == 0
+        return tuple(np.asarray(nib.load(tmp_path / name / f).dataobj) for f in ("mask.nii.gz", "map.nii.gz"))
+
+    first, again, other_seed = run("a", 0), run("b", 0, subprocess_run=True), run("c", 1)
+    for x, y in zip(first, again):
+        assert x.tobytes() == y.tobytes()
+    assert first[0].any()
+    assert first[1].tobytes() != other_seed[1].tobytes()  # the seed does reach the noise draws
+
+
+def test_output_equal_to_an_input_is_refused(tiny_model, tiny_cohort, tmp_path):
+    case = tmp_path / "case"
+    shutil.copytree(sorted(p for p in tiny_cohort.iterdir() if p.is_dir())[0], case)
+    flair = next(case.glob("*_flair.nii.gz"))
+    before = flair.read_bytes()
+    result = invoke("detect", case, "--model", tiny_model, "--out", flair, "--overwrite")
+    assert result.exit_code == 1 and "output path equals an input" in result.stderr
+    assert flair.read_bytes() == before
+
+
+def test_a_failing_case_leaves_no_half_output_and_the_batch_goes_on(tiny_model, tiny_cohort, tmp_path, monkeypatch):
+    import anodiff.workflows as workflows
+
+    real_write, real_detect = workflows.write_volume, workflows.detect
+    victims = sorted(p.name for p in tiny_cohort.iterdir() if p.is_dir())[:2]
+
+    def write_volume(data, path, **kwargs):  # the map of the first case cannot be written
+        if path.name == f"{victims[0]}_map.nii.gz":
+            raise workflows.DataError(f"{path}: disk full")
+        return real_write(data, path, **kwargs)
+
+    def detect(network, config, case, *args, **kwargs):  # the second case hits a bug
+        if case.id == victims[1]:
+            raise RuntimeError("boom")
+        return real_detect(network, config, case, *args, **kwargs)
+
+    monkeypatch.setattr(workflows, "write_volume", write_volume)
+    monkeypatch.setattr(workflows, "detect", detect)
+    out = tmp_path / "out"
+    result = invoke("detect", tiny_cohort, "--model", tiny_model, "--out", out)
+    assert result.exit_code == 1 and "2 of 6 case(s) failed" in result.stderr
+    assert "disk full" in result.stderr and "unexpected RuntimeError: boom" in result.stderr
+    names = {p.name for p in out.iterdir()}
+    assert not {n for n in names if n.startswith(tuple(victims))}  # no mask left without its map
+    assert len(names) == 8  # the four other cases, mask and map each

@@ -432,6 +432,9 @@ def read_cohort_info(root: str | Path) -> dict[str, CaseInfo]:
     path = Path(root) / "cohort.json"
     if not path.is_file():
         return {}
-    content = json.loads(path.read_text())
-    return {c["id"]: CaseInfo(**{**c, "shape": tuple(c["shape"]), "spacing_mm": tuple(c["spacing_mm"])})
-            for c in content.get("cases", [])}
+    try:
+        content = json.loads(path.read_text())
+        return {c["id"]: CaseInfo(**{**c, "shape": tuple(c["shape"]), "spacing_mm": tuple(c["spacing_mm"])})
+                for c in content.get("cases", [])}
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: not a readable cohort description ({' '.join(str(err).split())})") from err
