@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import re
 import uuid
 import zlib
 from collections.abc import Mapping
@@ -351,8 +352,16 @@ def _write_with_sitk(data: np.ndarray, path: Path, affine: np.ndarray) -> None:
 
 
 def _first_line(err: Exception) -> str:
-    """The telling line of a multi-line (ITK) error message."""
+    """The telling line of a multi-line (ITK) error message.
+
+    ITK puts its own words on an ``ITK ERROR: Class(0x...): ...`` line and may
+    add a stale errno ("Reason: No such file or directory") for a file that exists.
+    """
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for line in lines:
+        if line.startswith("ITK ERROR:"):
+            text = re.sub(r"^ITK ERROR: \w+\(0x[0-9a-f]+\): ", "", line)
+            return "truncated or corrupt" if text.startswith("File cannot be read") else text
     return lines[-1] if lines else type(err).__name__
 
 
