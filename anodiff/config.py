@@ -54,9 +54,14 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """The denoising network, a MONAI ``DiffusionModelUNet``."""
+    """The denoising network, a MONAI ``DiffusionModelUNet``.
 
-    kind: Literal["ddpm"] = "ddpm"
+    ``kind``: ``ddpm`` diffuses pixels; ``ldm`` diffuses the latents of the
+    autoencoder described in the ``autoencoder`` section (trained first).
+    ``spatial_dims``: 2 works on axial slices, 3 on whole (resized) volumes.
+    """
+
+    kind: Literal["ddpm", "ldm"] = "ddpm"
     spatial_dims: Literal[2, 3] = 2
     channels: tuple[int, ...] = (32, 64, 128)
     attention_levels: tuple[bool, ...] = (False, False, True)
@@ -72,6 +77,49 @@ class ModelConfig:
             )
         if any(c % self.norm_num_groups for c in self.channels):
             raise ConfigError(f"model.channels {self.channels} must be multiples of model.norm_num_groups")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoencoderConfig:
+    """Stage 1 of a latent diffusion model (``model.kind: ldm``): MONAI ``AutoencoderKL`` or ``VQVAE``.
+
+    Trained on healthy data with L1 reconstruction, KL (or VQ) and, after
+    ``adversarial_start`` steps of warm-up, a patch-adversarial loss
+    (``PatchDiscriminator``, least squares). No perceptual loss: the usual one
+    downloads network weights at run time.
+    """
+
+    kind: Literal["kl", "vq"] = "kl"
+    channels: tuple[int, ...] = (32, 64, 64)  # one per level; the latent is 2**(levels - 1) times smaller
+    latent_channels: int = 3
+    num_res_blocks: int = 1
+    attention_levels: tuple[bool, ...] | None = None  # None: no attention at any level
+    norm_num_groups: int = 16
+    kl_weight: float = 1e-6
+    num_embeddings: int = 256  # VQ codebook size
+    adversarial_weight: float = 0.01  # 0 turns the adversary off
+    adversarial_start: int = 500  # steps of reconstruction-only warm-up before the adversary joins
+    discriminator_channels: int = 32
+    discriminator_layers: int = 3
+    num_steps: int = 5000
+    batch_size: int = 16
+    lr: float = 1e-4
+    ema_decay: float = 0.0  # 0: the weights of the last step
+
+    def __post_init__(self) -> None:
+        if self.attention_levels is not None and len(self.attention_levels) != len(self.channels):
+            raise ConfigError(f"autoencoder.attention_levels needs one item per autoencoder.channels level "
+                              f"({len(self.channels)}), got {len(self.attention_levels)}")
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise ConfigError(f"autoencoder.channels {self.channels} must be multiples of "
+                              f"autoencoder.norm_num_groups ({self.norm_num_groups})")
+        if self.num_steps < 1 or self.batch_size < 1 or self.latent_channels < 1:
+            raise ConfigError("autoencoder.num_steps, batch_size and latent_channels must be >= 1")
+
+    @property
+    def downsampling(self) -> int:
+        """How many times smaller the latent is than the image, per axis."""
+        return 2 ** (len(self.channels) - 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,6 +204,7 @@ class RunConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
@@ -166,6 +215,14 @@ class RunConfig:
                 f"anomaly.t0 ({self.anomaly.t0}) must be below scheduler.num_train_timesteps "
                 f"({self.scheduler.num_train_timesteps})"
             )
+        factor = 2 ** (len(self.model.channels) - 1)
+        if self.model.kind == "ldm":
+            factor *= self.autoencoder.downsampling
+        if self.data.image_size % factor:
+            raise ConfigError(f"data.image_size ({self.data.image_size}) must be a multiple of {factor} "
+                              f"for these {self.model.kind} channels (each level halves the grid)")
+        if self.scheduler.noise == "simplex" and (self.model.spatial_dims == 3 or self.model.kind == "ldm"):
+            raise ConfigError("scheduler.noise: simplex is for 2D pixel-space DDPMs; use gaussian or coarse")
 
 
 # ---------------------------------------------------------------- loading
@@ -290,6 +347,11 @@ def _coerce(hint: Any, value: Any, *, source: str, base_dir: Path, key: str) -> 
         return path if path.is_absolute() else base_dir / path
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, str, bool) and type(value) is hint:
         return value
     if hint is Any:

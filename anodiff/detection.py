@@ -3,8 +3,9 @@
 The recipe for one case (Pinaya et al. 2022; Wyatt et al. 2022, AnoDDPM):
 
 1. preprocess with the model's chain (RAS, crop to brain, resize, normalise);
-2. batch all brain-holding axial slices through :func:`anodiff.diffusion.reconstruct`
-   (noise to ``t0``, DDIM back in K steps);
+2. batch all brain-holding axial slices (or, in 3D, the whole volume) into the
+   model's diffusion space (pixels, or an LDM's latents) and through
+   :func:`anodiff.diffusion.reconstruct` (noise to ``t0``, DDIM back in K steps), then decode;
 3. the map is the absolute residual averaged over modalities, median-filtered,
    restricted to the (eroded) brain;
 4. the map goes back to the input's own grid (MONAI inverse of the chain), where it
@@ -29,7 +30,7 @@ from skimage import morphology
 from anodiff.config import AnomalyConfig, DataConfig, RunConfig
 from anodiff.data.cases import Case
 from anodiff.data.transforms import BRAIN, IMAGE, anodiff_errors, case_item, preprocessing, to_input_grid
-from anodiff.diffusion import build_scheduler, from_model_range, reconstruct, to_model_range
+from anodiff.diffusion import PixelSpace, Space, build_scheduler, reconstruct
 from anodiff.errors import DataError
 from anodiff.io import Volume, read_volume
 
@@ -69,29 +70,33 @@ def score_slices(
     slices: torch.Tensor,
     config: RunConfig,
     *,
+    space: Space | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Residual scores of a batch of slices (B, C, H, W) in [0, 1].
+    """Residual scores of a batch of images (B, C, *S) in [0, 1]: 2D slices or 3D volumes.
 
-    Reconstructs at every noise level (``t0`` and ``extra_t0``), ``num_draws`` times
-    each, and averages. Returns the residual (B, 1, H, W), the mean reconstruction
-    (B, C, H, W) and the number of network evaluations per slice.
+    Encodes into the model's diffusion space (pixels, or an autoencoder's latents),
+    reconstructs at every noise level (``t0`` and ``extra_t0``), ``num_draws`` times
+    each, decodes, and averages the images. Returns the residual (B, 1, *S), the
+    mean reconstruction (B, C, *S) and the number of network evaluations per input.
     """
     cfg = config.anomaly
+    space = space or PixelSpace()
     device = next(network.parameters()).device
-    scheduler = build_scheduler(config.scheduler, cfg.sampler)
-    x_0 = to_model_range(slices.to(device))
-    recon_sum = torch.zeros_like(x_0)
+    scheduler = build_scheduler(config.scheduler, cfg.sampler, clip_sample=space.clip)
+    images = slices.to(device)
+    x_0 = space.encode(images)
+    recon_sum = torch.zeros_like(images)
     evals = 0
     levels = (cfg.t0, *cfg.extra_t0)
     for t0 in levels:
         for _ in range(cfg.num_draws):
-            x_hat = reconstruct(network, x_0, scheduler, config.scheduler, t0=t0,
-                                num_steps=cfg.num_inference_steps, generator=generator)
-            recon_sum += x_hat
+            x_hat = reconstruct(network, x_0, scheduler, config.scheduler, t0=t0, num_steps=cfg.num_inference_steps,
+                                generator=generator, clip=space.clip)
+            recon_sum += space.decode(x_hat)
             evals += cfg.num_inference_steps if cfg.sampler == "ddim" else t0 + 1
-    recon = from_model_range(recon_sum / (len(levels) * cfg.num_draws))
-    residual = (recon - slices.to(device)).abs().mean(dim=1, keepdim=True)
+    recon = recon_sum / (len(levels) * cfg.num_draws)
+    residual = (recon - images).abs().mean(dim=1, keepdim=True)
     return residual.float().cpu(), recon.float().cpu(), evals
 
 
@@ -101,11 +106,20 @@ def score_volume(
     brain: torch.Tensor,
     config: RunConfig,
     *,
+    space: Space | None = None,
     generator: torch.Generator | None = None,
     progress: ProgressFn | None = None,
 ) -> GridScores:
-    """Anomaly map of one preprocessed volume: image (C, H, W, D), brain (1, H, W, D) -> GridScores."""
+    """Anomaly map of one preprocessed volume: image (C, H, W, D), brain (1, H, W, D) -> GridScores.
+
+    A 2D model scores the brain-holding axial slices in batches; a 3D model the whole volume at once.
+    """
     cfg = config.anomaly
+    if config.model.spatial_dims == 3:
+        residual, recon, evals = score_slices(network, image[None].float(), config, space=space, generator=generator)
+        if progress is not None:
+            progress(1, 1)
+        return GridScores(postprocess(residual[0], brain, cfg), brain, recon[0], evals, 1)
     has_brain = brain[0].flatten(0, 1).amax(0) > 0
     z_list = torch.nonzero(has_brain).flatten().tolist()
     score = torch.zeros_like(brain, dtype=torch.float32)
@@ -114,7 +128,7 @@ def score_volume(
     for start in range(0, len(z_list), cfg.batch_size):
         zs = z_list[start : start + cfg.batch_size]
         slices = image[..., zs].permute(3, 0, 1, 2).float()  # (B, C, H, W)
-        residual, x_hat, evals = score_slices(network, slices, config, generator=generator)
+        residual, x_hat, evals = score_slices(network, slices, config, space=space, generator=generator)
         score[..., zs] = residual.permute(1, 2, 3, 0)
         recon[..., zs] = x_hat.permute(1, 2, 3, 0)
         if progress is not None:
@@ -149,7 +163,7 @@ def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     return kept.astype(np.uint8)
 
 
-def prepare(case: Case, modalities: tuple[str, ...], data_cfg: DataConfig):
+def prepare(case: Case, modalities: tuple[str, ...], data_cfg: DataConfig, spatial_dims: int = 2):
     """Preprocess one case for a model; returns (chain, item) with item['image'] (C, H, W, D)."""
     missing = [m for m in modalities if m not in case.images]
     if missing:
@@ -157,7 +171,7 @@ def prepare(case: Case, modalities: tuple[str, ...], data_cfg: DataConfig):
             f"case {case.id}: the model needs modalities {list(modalities)}, but {missing} "
             f"{'is' if len(missing) == 1 else 'are'} missing (it has {list(case.images)})"
         )
-    chain = preprocessing(data_cfg, with_label=False)
+    chain = preprocessing(data_cfg, with_label=False, spatial_dims=spatial_dims)
     with anodiff_errors():
         return chain, chain(case_item(case, modalities))
 
@@ -169,19 +183,23 @@ def detect(
     modalities: tuple[str, ...],
     *,
     threshold: float,
+    space: Space | None = None,
     generator: torch.Generator | None = None,
     with_reconstruction: bool = False,
     progress: ProgressFn | None = None,
 ) -> AnomalyResult:
-    """Score one case and threshold it, on the input's own grid (see module doc)."""
+    """Score one case and threshold it, on the input's own grid (see module doc).
+
+    ``space`` is where the model diffuses (pixels by default; an LDM's latent space).
+    """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    chain, item = prepare(case, modalities, config.data)
+    chain, item = prepare(case, modalities, config.data, config.model.spatial_dims)
     timings["preprocess_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     grid = score_volume(network, item[IMAGE].as_tensor(), item[BRAIN].as_tensor(), config,
-                        generator=generator, progress=progress)
+                        space=space, generator=generator, progress=progress)
     timings["network_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

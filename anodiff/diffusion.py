@@ -14,7 +14,7 @@ are MONAI's (``DDIMScheduler``, ``DDPMScheduler``), and only their
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,34 @@ from anodiff.config import SchedulerConfig
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def build_scheduler(cfg: SchedulerConfig, kind: Literal["ddpm", "ddim"] = "ddim") -> DDPMScheduler | DDIMScheduler:
+class Space(Protocol):
+    """Where diffusion happens: images (B, C, *S) in [0, 1] <-> diffusion samples x_0.
+
+    ``clip``: whether x_0 lives in [-1, 1] (pixels) and samplers may clip to it
+    (latents do not: they are scaled to unit variance, not bounded).
+    """
+
+    clip: bool
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class PixelSpace:
+    """Pixel-space diffusion: x_0 is the image mapped to [-1, 1]."""
+
+    clip = True
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return to_model_range(images)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return from_model_range(x)
+
+
+def build_scheduler(cfg: SchedulerConfig, kind: Literal["ddpm", "ddim"] = "ddim", *,
+                    clip_sample: bool = True) -> DDPMScheduler | DDIMScheduler:
     klass = DDIMScheduler if kind == "ddim" else DDPMScheduler
     return klass(
         num_train_timesteps=cfg.num_train_timesteps,
@@ -33,7 +60,7 @@ def build_scheduler(cfg: SchedulerConfig, kind: Literal["ddpm", "ddim"] = "ddim"
         beta_start=cfg.beta_start,
         beta_end=cfg.beta_end,
         prediction_type=cfg.prediction_type,
-        clip_sample=True,
+        clip_sample=clip_sample,
     )
 
 
@@ -64,10 +91,13 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
 def denoising_loss(
     network: Denoiser, scheduler: DDPMScheduler | DDIMScheduler, cfg: SchedulerConfig
 ) -> Callable[..., torch.Tensor]:
-    """The DDPM training objective: MSE between the network output and its target at a random t."""
+    """The DDPM training objective: MSE between the network output and its target at a random t.
 
-    def loss_fn(batch: dict, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        x_0 = to_model_range(batch["image"])
+    The batch holds ``x0`` (B, C, *S): images in [-1, 1], or scaled latents.
+    """
+
+    def loss_fn(batch: dict, *, generator: torch.Generator | None = None, step: int = 0) -> torch.Tensor:
+        x_0 = batch["x0"]
         eps = make_noise(x_0, cfg, generator=generator)
         t = torch.randint(0, cfg.num_train_timesteps, (x_0.shape[0],), generator=generator).to(x_0.device)
         x_t = scheduler.add_noise(original_samples=x_0, noise=eps, timesteps=t)
@@ -109,11 +139,13 @@ def reconstruct(
     t0: int,
     num_steps: int,
     generator: torch.Generator | None = None,
+    clip: bool = True,
 ) -> torch.Tensor:
-    """Noise ``x_0`` (B, C, *S) in [-1, 1] to ``t0`` and denoise it back.
+    """Noise ``x_0`` (B, C, *S) to ``t0`` and denoise it back.
 
     DDIM takes ``num_steps`` network evaluations; DDPM takes ``t0 + 1``. Returns
-    the reconstruction (B, C, *S) in [-1, 1]; deterministic given ``generator``.
+    the reconstruction (B, C, *S), clamped to [-1, 1] when ``clip`` (pixels);
+    deterministic given ``generator``.
     """
     timesteps = inference_timesteps(scheduler, t0, num_steps)
     if not timesteps:
@@ -130,7 +162,8 @@ def reconstruct(
         else:
             x_t, x_hat = scheduler.step(output, t, x_t, generator=generator)
     # DDIM's last visited t is the step ratio: its predicted x_0 is the result (no extra pass).
-    return (x_hat if isinstance(scheduler, DDIMScheduler) else x_t).clamp(-1, 1)
+    x_hat = x_hat if isinstance(scheduler, DDIMScheduler) else x_t
+    return x_hat.clamp(-1, 1) if clip else x_hat
 
 
 # Gradient directions of 2D simplex noise (the x, y parts of Gustavson's grad3 table).

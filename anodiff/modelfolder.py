@@ -1,5 +1,8 @@
 """A trained model is a folder: ``config.yaml``, ``model.safetensors``, ``meta.json``.
 
+A latent diffusion model adds ``autoencoder.safetensors`` (stage 1); ``meta.json``
+then also holds the latent scale factor.
+
 ``meta.json`` records the anodiff/torch/MONAI versions, the modalities, the
 preprocessing, the calibrated threshold(s) and a summary of the training data.
 Loading parses YAML with ``safe_load``, JSON, and safetensors: it never unpickles.
@@ -10,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +24,22 @@ from safetensors.torch import load_file
 from torch import nn
 
 from anodiff import __version__
+from anodiff.autoencoder import LatentSpace
 from anodiff.config import RunConfig, build, config_to_dict
+from anodiff.diffusion import PixelSpace, Space
 from anodiff.errors import CheckpointError, ConfigError
-from anodiff.models import build_network
+from anodiff.models import build_autoencoder, build_network
 
-WEIGHTS, META, CONFIG = "model.safetensors", "meta.json", "config.yaml"
+WEIGHTS, META, CONFIG, AUTOENCODER = "model.safetensors", "meta.json", "config.yaml", "autoencoder.safetensors"
 
 
 @dataclass(frozen=True)
 class TrainedModel:
     config: RunConfig
-    network: nn.Module  # in eval mode
+    network: nn.Module  # the denoiser, in eval mode
     meta: dict[str, Any]
     folder: Path
+    space: Space = field(default_factory=PixelSpace)  # where it diffuses: pixels, or an autoencoder's latents
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -73,6 +79,13 @@ def save_model(folder: Path, config: RunConfig, network: nn.Module, meta: dict[s
     write_json(folder / META, {**meta, "versions": versions()})
 
 
+def discard_training_state(folder: Path) -> None:
+    """Forget checkpoints and stage-1 weights, so training starts afresh (``anodiff train --overwrite``)."""
+    for path in (folder / "checkpoint.safetensors", folder / AUTOENCODER,
+                 folder / "autoencoder" / "checkpoint.safetensors"):
+        path.unlink(missing_ok=True)
+
+
 def load_model(folder: str | Path, *, device: torch.device | str = "cpu") -> TrainedModel:
     """Load a model folder. Raises CheckpointError naming what is missing or wrong."""
     folder = Path(folder)
@@ -87,10 +100,24 @@ def load_model(folder: str | Path, *, device: torch.device | str = "cpu") -> Tra
         meta = json.loads((folder / META).read_text())
     except (yaml.YAMLError, UnicodeDecodeError, json.JSONDecodeError, ConfigError) as err:
         raise CheckpointError(f"{folder}: unreadable {CONFIG} or {META} ({' '.join(str(err).split())})") from err
-    network = build_network(config.model, in_channels=len(meta["modalities"]))
+    channels = len(meta["modalities"])
+    space: Space = PixelSpace()
+    if config.model.kind == "ldm":
+        autoencoder = build_autoencoder(config.autoencoder, spatial_dims=config.model.spatial_dims,
+                                        in_channels=channels)
+        load_weights(autoencoder, folder / AUTOENCODER)
+        space = LatentSpace(autoencoder.to(device), meta["latent_scale_factor"], config.autoencoder.kind)
+        channels = config.autoencoder.latent_channels
+    network = build_network(config.model, in_channels=channels)
+    load_weights(network, folder / WEIGHTS)
+    return TrainedModel(config=config, network=network.to(device).eval(), meta=meta, folder=folder, space=space)
+
+
+def load_weights(network: nn.Module, path: Path) -> None:
+    """Load a safetensors state dict into ``network``; CheckpointError naming the file when it does not fit."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; training did not finish (use `anodiff train --resume`)")
     try:
-        state = load_file(str(folder / WEIGHTS))
-        network.load_state_dict(state)
+        network.load_state_dict(load_file(str(path)))
     except Exception as err:  # safetensors raises several types for a damaged file
-        raise CheckpointError(f"{folder / WEIGHTS}: weights do not load ({str(err).splitlines()[0]})") from err
-    return TrainedModel(config=config, network=network.to(device).eval(), meta=meta, folder=folder)
+        raise CheckpointError(f"{path}: weights do not load ({str(err).splitlines()[0]})") from err

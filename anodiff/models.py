@@ -1,11 +1,14 @@
-"""Networks built from config: MONAI's ``DiffusionModelUNet``; no schedules or sampling here."""
+"""Networks built from config, all MONAI's: the denoiser, the autoencoder, the discriminator.
+
+No schedules, losses or sampling here.
+"""
 
 from __future__ import annotations
 
-from monai.networks.nets import DiffusionModelUNet
+from monai.networks.nets import VQVAE, AutoencoderKL, DiffusionModelUNet, PatchDiscriminator
 from torch import nn
 
-from anodiff.config import ModelConfig
+from anodiff.config import AutoencoderConfig, ModelConfig
 
 
 def build_network(cfg: ModelConfig, *, in_channels: int, out_channels: int | None = None) -> nn.Module:
@@ -19,6 +22,47 @@ def build_network(cfg: ModelConfig, *, in_channels: int, out_channels: int | Non
         num_res_blocks=cfg.num_res_blocks,
         num_head_channels=cfg.num_head_channels,
         norm_num_groups=cfg.norm_num_groups,
+    )
+
+
+def build_autoencoder(cfg: AutoencoderConfig, *, spatial_dims: int, in_channels: int) -> nn.Module:
+    """Stage 1 of an LDM: images (B, C, *S) -> latents (B, latent_channels, *S / cfg.downsampling)."""
+    if cfg.kind == "kl":
+        return AutoencoderKL(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=in_channels,
+            channels=cfg.channels,
+            latent_channels=cfg.latent_channels,
+            num_res_blocks=cfg.num_res_blocks,
+            attention_levels=cfg.attention_levels or (False,) * len(cfg.channels),
+            norm_num_groups=cfg.norm_num_groups,
+            with_encoder_nonlocal_attn=False,
+            with_decoder_nonlocal_attn=False,
+        )
+    # VQVAE downsamples at every level; the last level keeps its size so both kinds shrink alike.
+    levels = len(cfg.channels)
+    return VQVAE(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        channels=cfg.channels,
+        num_res_layers=cfg.num_res_blocks,
+        num_res_channels=cfg.channels,
+        downsample_parameters=[(2, 4, 1, 1)] * (levels - 1) + [(1, 3, 1, 1)],
+        upsample_parameters=[(2, 4, 1, 1, 0)] * (levels - 1) + [(1, 3, 1, 1, 0)],
+        num_embeddings=cfg.num_embeddings,
+        embedding_dim=cfg.latent_channels,
+    )
+
+
+def build_discriminator(cfg: AutoencoderConfig, *, spatial_dims: int, in_channels: int) -> nn.Module:
+    """The patch discriminator of stage 1: images -> list of feature maps, the last one patch logits."""
+    return PatchDiscriminator(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        channels=cfg.discriminator_channels,
+        num_layers_d=cfg.discriminator_layers,
     )
 
 

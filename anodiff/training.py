@@ -1,6 +1,7 @@
 """One training loop for every mode, with EMA, mixed precision, checkpoints and resume.
 
-A method contributes only its loss, ``loss_fn(batch, generator=...) -> scalar``.
+A method contributes only its loss, ``loss_fn(batch, generator=..., step=...) -> scalar``
+(the step lets a loss change with training, e.g. an adversary that joins after a warm-up).
 Every random draw of step ``s`` (batch indices, noise, timesteps) comes from a
 generator seeded with ``(seed, s)``, so a resumed run continues exactly where
 the interrupted one would have gone, with no RNG state to restore.
@@ -110,7 +111,7 @@ def fit(
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
                  for k, v in sample_batch(generator).items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss_tensor = loss_fn(batch, generator=generator)
+            loss_tensor = loss_fn(batch, generator=generator, step=step)
         if not torch.isfinite(loss_tensor):
             raise CheckpointError(f"training diverged at step {step} (loss {loss_tensor.item()}); lower train.lr")
         optimizer.zero_grad(set_to_none=True)
@@ -167,6 +168,17 @@ def remove_stale_temporaries(folder: Path) -> None:
     for path in folder.glob(".*.tmp"):
         if re.fullmatch(r"\..+\.[0-9a-f]{8}\.tmp", path.name):
             path.unlink(missing_ok=True)
+
+
+def read_safetensors_metadata(path: Path) -> dict[str, str]:
+    """The JSON-string metadata of a safetensors file (no tensors read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except Exception as err:  # safetensors raises several types for a damaged file
+        raise CheckpointError(f"{path}: unreadable weights file ({err})") from err
 
 
 def load_checkpoint(path: Path, network: nn.Module, ema, optimizer, *, config_text: str = "") -> int:

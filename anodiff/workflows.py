@@ -22,18 +22,19 @@ import yaml
 from PIL import Image
 from skimage import exposure, segmentation
 
+from anodiff.autoencoder import AutoencoderWithDiscriminator, LatentSpace, autoencoder_loss, latent_scale_factor
 from anodiff.config import RunConfig, config_to_dict, with_overrides
 from anodiff.data.cases import Case, discover, select_modalities
-from anodiff.data.datasets import SliceDataset
+from anodiff.data.datasets import SliceDataset, VolumeDataset
 from anodiff.data.synthetic import read_cohort_info
 from anodiff.detection import AnomalyResult, calibrate_threshold, detect, score_slices
-from anodiff.diffusion import build_scheduler, denoising_loss
-from anodiff.errors import AnodiffError, ConfigError, DataError
+from anodiff.diffusion import PixelSpace, Space, build_scheduler, denoising_loss, to_model_range
+from anodiff.errors import AnodiffError, CheckpointError, ConfigError, DataError
 from anodiff.evaluation import size_bin, summarize_method
 from anodiff.io import read_volume, strip_image_suffix, write_volume
-from anodiff.modelfolder import META, TrainedModel, load_model, save_model
-from anodiff.models import build_network, count_parameters
-from anodiff.training import fit, remove_stale_temporaries
+from anodiff.modelfolder import AUTOENCODER, META, TrainedModel, load_model, load_weights, save_model
+from anodiff.models import build_autoencoder, build_discriminator, build_network, count_parameters
+from anodiff.training import CHECKPOINT, fit, read_safetensors_metadata, remove_stale_temporaries, write_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -62,62 +63,193 @@ def train_model(
     resume: bool = False,
     progress: Progress | None = None,
 ) -> TrainedModel:
-    """Train a DDPM on the healthy slices of ``data``, calibrate its threshold, write the model folder."""
+    """Train on the healthy data of ``data``, calibrate the threshold, write the model folder.
+
+    ``model.kind: ddpm`` trains one denoiser on pixels. ``ldm`` first trains the
+    autoencoder (stage 1, skipped when its weights exist), then the denoiser on
+    its scaled latents (stage 2). Both stages share the training loop, and resume.
+    """
     found = discover(data)
     if not found.cases:
         raise DataError(f"{data}: no cases found")
     modalities = select_modalities(found.cases, config.data.modalities)
     train_cases, val_cases = split_cases(found.cases, config.train.val_fraction, config.train.seed)
-    train_set = SliceDataset(train_cases, modalities, config.data, healthy_only=True)
-    if len(train_set) == 0:
-        raise DataError(f"{data}: no healthy slices to train on (every slice holds a label voxel)")
-    log.info("training on %d healthy slices of %d cases; %d cases held out for calibration",
-             len(train_set), len(train_cases), len(val_cases))
-
-    with torch.random.fork_rng():  # MONAI initialises from the global RNG: seed it, leave it as it was
-        torch.manual_seed(config.train.seed)
-        network = build_network(config.model, in_channels=len(modalities))
-    log.info("network: %s parameters", f"{count_parameters(network):,}")
-    scheduler = build_scheduler(config.scheduler, "ddpm")
-    loss_fn = denoising_loss(network, scheduler, config.scheduler)
-
-    def sample_batch(generator: torch.Generator) -> dict:
-        index = torch.randint(len(train_set), (config.train.batch_size,), generator=generator)
-        return {"image": torch.stack([train_set[int(i)]["image"] for i in index])}
-
+    train_set = healthy_dataset(train_cases, modalities, config)
+    log.info("training on %d healthy %s of %d cases; %d cases held out for calibration", len(train_set),
+             "slices" if config.model.spatial_dims == 2 else "volumes", len(train_cases), len(val_cases))
     out.mkdir(parents=True, exist_ok=True)
     # A folder is a usable model once meta.json is written, last; until then it is not one.
     (out / META).unlink(missing_ok=True)
     remove_stale_temporaries(out)
-    preview = torch.stack([train_set[int(i)]["image"] for i in np.linspace(0, len(train_set) - 1, 4).astype(int)])
-    # What a checkpoint must agree with to be resumed: the config, less the step count (--steps may grow).
-    identity = config_to_dict(config)
-    identity["train"].pop("num_steps")
-    config_text = yaml.safe_dump(identity)
-    ema_network, result = fit(
-        network, loss_fn, sample_batch, config.train, out, device=device, resume=resume,
-        config_text=config_text,
-        progress=progress,
-        on_sample=lambda step, net: save_reconstruction_grid(net, preview, config, out / "samples" / f"{step:07d}.png"),
-    )
-    meta = {
-        "kind": "ddpm",
+    meta: dict = {
+        "kind": config.model.kind,
         "modalities": list(modalities),
         "preprocessing": config_to_dict(config.data),
         "training_data": {
-            "root": str(data),
+            "root": str(data.resolve()),
             "train_cases": [c.id for c in train_cases],
             "calibration_cases": [c.id for c in val_cases],
-            "num_healthy_slices": len(train_set),
+            "num_healthy_inputs": len(train_set),
             "layouts": list(found.layouts),
         },
-        "training": {"steps": config.train.num_steps, "seconds_this_run": round(result.seconds, 1),
-                     "final_loss": result.final_loss, "device": str(device)},
     }
-    trained = TrainedModel(config=config, network=ema_network.eval(), meta=meta, folder=out)
+
+    space: Space = PixelSpace()
+    latents = None
+    if config.model.kind == "ldm":
+        autoencoder = train_autoencoder(train_set, modalities, config, out, device=device, resume=resume,
+                                        progress=progress)
+        held_out = healthy_dataset(val_cases, modalities, config, allow_empty=True)
+        meta["autoencoder"] = autoencoder_report(autoencoder, held_out, config, out / "autoencoder")
+        latents = encode_dataset(LatentSpace(autoencoder, 1.0, config.autoencoder.kind), train_set)
+        scale = latent_scale_factor(latents)
+        space = LatentSpace(autoencoder, scale, config.autoencoder.kind)
+        latents = latents * scale
+        meta["latent_scale_factor"] = scale
+        log.info("latents %s, scale factor %.4f", tuple(latents.shape[1:]), scale)
+
+    def training_inputs(index: torch.Tensor) -> torch.Tensor:
+        """x_0 of the chosen training inputs: scaled latents, or images in [-1, 1]."""
+        if latents is not None:
+            return latents[index]
+        return to_model_range(torch.stack([train_set[int(i)]["image"] for i in index]))
+
+    def sample_batch(generator: torch.Generator) -> dict:
+        return {"x0": training_inputs(torch.randint(len(train_set), (config.train.batch_size,), generator=generator))}
+
+    in_channels = config.autoencoder.latent_channels if latents is not None else len(modalities)
+    with torch.random.fork_rng():  # MONAI initialises from the global RNG: seed it, leave it as it was
+        torch.manual_seed(config.train.seed)
+        network = build_network(config.model, in_channels=in_channels)
+    log.info("denoiser: %s parameters", f"{count_parameters(network):,}")
+    loss_fn = denoising_loss(network, build_scheduler(config.scheduler, "ddpm"), config.scheduler)
+    preview = preview_inputs(train_set)
+    ema_network, result = fit(
+        network, loss_fn, sample_batch, config.train, out, device=device, resume=resume,
+        config_text=checkpoint_identity(config),
+        progress=stage_progress(progress, "diffusion" if latents is not None else ""),
+        on_sample=lambda step, net: save_reconstruction_grid(net, preview, config, out / "samples" / f"{step:07d}.png",
+                                                             space=space),
+    )
+    meta["training"] = {"steps": config.train.num_steps, "seconds_this_run": round(result.seconds, 1),
+                        "final_loss": result.final_loss, "device": str(device)}
+    trained = TrainedModel(config=config, network=ema_network.eval(), meta=meta, folder=out, space=space)
     meta |= calibrate(trained, val_cases, progress=progress)
     save_model(out, config, ema_network, meta)
     return load_model(out, device=device)
+
+
+def healthy_dataset(cases: list[Case], modalities: tuple[str, ...], config: RunConfig, *,
+                    allow_empty: bool = False) -> SliceDataset | VolumeDataset:
+    """Healthy training inputs: axial slices without a label voxel (2D), or lesion-free volumes (3D)."""
+    if config.model.spatial_dims == 3:
+        dataset = VolumeDataset(cases, modalities, config.data, healthy_only=True)
+        what = "lesion-free volumes (3D models train on healthy scans, e.g. IXI)"
+    else:
+        dataset = SliceDataset(cases, modalities, config.data, healthy_only=True)
+        what = "healthy slices (every slice holds a label voxel)"
+    if len(dataset) == 0 and not allow_empty:
+        raise DataError(f"no {what} among {len(cases)} training case(s)")
+    return dataset
+
+
+def checkpoint_identity(config: RunConfig) -> str:
+    """What a stage-2 checkpoint must agree with to be resumed: the config, less the step counts."""
+    identity = config_to_dict(config)
+    identity["train"].pop("num_steps")
+    identity["autoencoder"].pop("num_steps")
+    return yaml.safe_dump(identity)
+
+
+def stage_progress(progress: Progress | None, stage: str) -> Progress | None:
+    """The progress callback with the stage's name before its message."""
+    if progress is None or not stage:
+        return progress
+    return lambda done, total, info="": progress(done, total, f"{stage}: {info}")
+
+
+def preview_inputs(dataset, count: int = 4) -> torch.Tensor:
+    """A few evenly spaced training inputs (B, C, *S) for the PNG grids."""
+    return torch.stack([dataset[int(i)]["image"] for i in np.linspace(0, len(dataset) - 1, count).astype(int)])
+
+
+def encode_dataset(space: Space, dataset, batch_size: int = 64) -> torch.Tensor:
+    """x_0 of every input of ``dataset`` in ``space``: (N, C', *S'), on the CPU."""
+    chunks = []
+    for start in range(0, len(dataset), batch_size):
+        images = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))])
+        device = next(space.autoencoder.parameters()).device
+        chunks.append(space.encode(images.to(device)).float().cpu())
+    return torch.cat(chunks)
+
+
+def train_autoencoder(train_set, modalities: tuple[str, ...], config: RunConfig, out: Path, *,
+                      device: torch.device, resume: bool, progress: Progress | None) -> torch.nn.Module:
+    """Stage 1: train (or, when ``autoencoder.safetensors`` exists for these settings, load) the autoencoder."""
+    cfg, dims = config.autoencoder, config.model.spatial_dims
+    path = out / AUTOENCODER
+    identity = yaml.safe_dump({"autoencoder": config_to_dict(cfg) | {"num_steps": None},
+                               "data": config_to_dict(config.data), "spatial_dims": dims,
+                               "modalities": list(modalities), "seed": config.train.seed})
+    with torch.random.fork_rng():
+        torch.manual_seed(config.train.seed)
+        autoencoder = build_autoencoder(cfg, spatial_dims=dims, in_channels=len(modalities))
+        discriminator = (build_discriminator(cfg, spatial_dims=dims, in_channels=len(modalities))
+                         if cfg.adversarial_weight > 0 else None)
+    if path.exists():
+        metadata = read_safetensors_metadata(path)
+        if metadata.get("identity") != identity:
+            raise CheckpointError(f"{path}: trained with other autoencoder or data settings; "
+                                  "use a new --out, or --overwrite to train both stages again")
+        if metadata.get("steps") == str(cfg.num_steps):
+            load_weights(autoencoder, path)
+            log.info("stage 1: %s exists for these settings; not trained again", path)
+            return autoencoder.to(device).eval()
+        log.info("stage 1: %s has %s steps, %d asked for; training on", path, metadata.get("steps"), cfg.num_steps)
+    log.info("stage 1 autoencoder: %s parameters", f"{count_parameters(autoencoder):,}")
+    pair = AutoencoderWithDiscriminator(autoencoder, discriminator)
+    stage_cfg = replace(config.train, num_steps=cfg.num_steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                        ema_decay=cfg.ema_decay)
+
+    def sample_batch(generator: torch.Generator) -> dict:
+        index = torch.randint(len(train_set), (cfg.batch_size,), generator=generator)
+        return {"x0": torch.stack([train_set[int(i)]["image"] for i in index])}
+
+    preview = preview_inputs(train_set)
+    stage_dir = out / "autoencoder"
+    trained, _ = fit(pair, autoencoder_loss(pair, cfg), sample_batch, stage_cfg, stage_dir, device=device,
+                     resume=resume, config_text=identity, progress=stage_progress(progress, "autoencoder"),
+                     on_sample=lambda step, net: save_autoencoder_grid(
+                         net.autoencoder, preview, cfg.kind, stage_dir / "samples" / f"{step:07d}.png"))
+    autoencoder = trained.autoencoder.eval()
+    write_safetensors({k: v.detach().cpu().contiguous() for k, v in autoencoder.state_dict().items()}, path,
+                      {"identity": identity, "steps": str(cfg.num_steps)})
+    (out / CHECKPOINT).unlink(missing_ok=True)  # a stage-2 checkpoint belongs to the old latents
+    return autoencoder
+
+
+def autoencoder_report(autoencoder: torch.nn.Module, held_out, config: RunConfig, folder: Path) -> dict:
+    """Stage 1's reconstruction error on held-out healthy inputs (it bounds what the LDM can see), and a PNG."""
+    report = {"parameters": count_parameters(autoencoder), "kind": config.autoencoder.kind}
+    if len(held_out) == 0:
+        log.warning("no healthy held-out inputs: the autoencoder's reconstruction error is not measured")
+        return report
+    space = LatentSpace(autoencoder, 1.0, config.autoencoder.kind)
+    device = next(autoencoder.parameters()).device
+    errors, brain_errors = [], []
+    for start in range(0, len(held_out), 64):
+        items = [held_out[i] for i in range(start, min(start + 64, len(held_out)))]
+        images = torch.stack([item["image"] for item in items]).to(device)
+        brain = torch.stack([item["brain"] for item in items]).to(device) > 0
+        error = (space.decode(space.encode(images)) - images).abs().mean(dim=1, keepdim=True)
+        errors.append(error.flatten().cpu())
+        brain_errors.append(error[brain].cpu())
+    report |= {"heldout_inputs": len(held_out), "heldout_l1": float(torch.cat(errors).mean()),
+               "heldout_l1_brain": float(torch.cat(brain_errors).mean())}
+    save_autoencoder_grid(autoencoder, preview_inputs(held_out, 6), config.autoencoder.kind,
+                          folder / "reconstructions.png")
+    log.info("autoencoder held-out L1: %.4f (brain %.4f)", report["heldout_l1"], report["heldout_l1_brain"])
+    return report
 
 
 def calibrate(model: TrainedModel, healthy_cases: list[Case], *, seed: int = 0,
@@ -129,7 +261,7 @@ def calibrate(model: TrainedModel, healthy_cases: list[Case], *, seed: int = 0,
     """
     model_scores, baseline_scores = [], []
     for index, case in enumerate(healthy_cases):
-        result = detect(model.network, model.config, case, model.modalities, threshold=np.inf,
+        result = detect(model.network, model.config, case, model.modalities, threshold=np.inf, space=model.space,
                         generator=torch.Generator().manual_seed(seed))
         healthy = result.brain & _healthy_slices(case, result.brain.shape)
         model_scores.append(result.score_map[healthy])
@@ -201,14 +333,29 @@ def baseline_score(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
     return np.where(brain, equalised, 0).astype(np.float32)
 
 
-def save_reconstruction_grid(network, images: torch.Tensor, config: RunConfig, path: Path) -> None:
-    """PNG rows: input, reconstruction and residual of a few slices (first modality)."""
-    device = next(network.parameters()).device
+def save_reconstruction_grid(network, images: torch.Tensor, config: RunConfig, path: Path, *,
+                             space: Space | None = None) -> None:
+    """PNG rows: input, reconstruction and residual of a few inputs (first modality; mid slice in 3D)."""
     network.eval()
     generator = torch.Generator().manual_seed(0)
-    residual, recon, _ = score_slices(network, images.to(device), config, generator=generator)
-    rows = [images[:, 0], recon[:, 0], (residual[:, 0] * 4).clamp(0, 1)]
-    grid = torch.cat([torch.cat(list(r.cpu()), dim=1) for r in rows], dim=0).numpy()
+    residual, recon, _ = score_slices(network, images, config, space=space, generator=generator)
+    save_grid([images[:, 0], recon[:, 0], (residual[:, 0] * 4).clamp(0, 1)], path)
+
+
+def save_autoencoder_grid(autoencoder, images: torch.Tensor, kind: str, path: Path) -> None:
+    """PNG rows: input, autoencoder reconstruction, and |difference| x 4 (first modality; mid slice in 3D)."""
+    was_training = autoencoder.training
+    space = LatentSpace(autoencoder, 1.0, kind)
+    device = next(autoencoder.parameters()).device
+    recon = space.decode(space.encode(images.to(device))).cpu()
+    autoencoder.train(was_training)
+    save_grid([images[:, 0], recon[:, 0], ((recon - images).abs()[:, 0] * 4).clamp(0, 1)], path)
+
+
+def save_grid(rows: list[torch.Tensor], path: Path) -> None:
+    """Rows of (B, H, W) or (B, H, W, D) images in [0, 1] (3D: the middle axial slice) as one PNG."""
+    rows = [r[..., r.shape[-1] // 2] if r.ndim == 4 else r for r in rows]
+    grid = torch.cat([torch.cat(list(r.float().cpu()), dim=1) for r in rows], dim=0).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((np.rot90(grid) * 255).astype(np.uint8)).save(path)
 
@@ -293,7 +440,7 @@ def detect_cases(
                 if target is not None and target.exists() and not overwrite:
                     raise DataError(f"{target}: already exists (pass --overwrite to replace it)")
             result = detect(model.network, model.config, case, model.modalities, threshold=chosen,
-                            generator=torch.Generator().manual_seed(seed))
+                            space=model.space, generator=torch.Generator().manual_seed(seed))
             written.append(write_volume(result.mask, mask_path, like=result.reference, dtype=np.uint8,
                                         overwrite=overwrite))
             if map_path is not None:
@@ -332,7 +479,7 @@ def evaluate_model(model: TrainedModel, data: Path, out: Path, *, seed: int = 0,
     for index, case in enumerate(cases):
         clock = time.perf_counter()
         result = detect(model.network, model.config, case, model.modalities, threshold=model.meta["threshold"],
-                        generator=torch.Generator().manual_seed(seed), with_reconstruction=True)
+                        space=model.space, generator=torch.Generator().manual_seed(seed), with_reconstruction=True)
         seconds.append(time.perf_counter() - clock)
         evals = result.num_network_evals
         label = read_volume(case.label, allow_constant=True).data > 0

@@ -122,7 +122,8 @@ def _config(config: Path | None, overrides: list[str] | None, steps: int | None)
     if steps is not None:
         if steps < 1:
             raise fail("--steps must be at least 1")
-        run = replace(run, train=replace(run.train, num_steps=steps))
+        run = replace(run, train=replace(run.train, num_steps=steps),
+                      autoencoder=replace(run.autoencoder, num_steps=steps))
     return run
 
 
@@ -132,7 +133,7 @@ def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Recipe YAML (default: built-in DDPM 2D).")]
     = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Model folder (default runs/<config name>).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Training steps, whatever the config says.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps of each stage, whatever the config says.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --out.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Train afresh into an existing model folder.")]
@@ -140,7 +141,8 @@ def train(
     overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides, e.g. train.lr=1e-4.")] = None,
 ) -> None:
     """Train a diffusion model on healthy data, calibrate its threshold, write a model folder."""
-    from anodiff.training import CHECKPOINT, pick_device
+    from anodiff.modelfolder import discard_training_state
+    from anodiff.training import pick_device
     from anodiff.workflows import train_model
 
     run = _config(config, overrides, steps)
@@ -148,7 +150,7 @@ def train(
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise fail(f"{out}: model folder exists; pass --resume to continue or --overwrite to start again")
     if overwrite and not resume:
-        (out / CHECKPOINT).unlink(missing_ok=True)
+        discard_training_state(out)
     with progress_bar("training") as progress:
         model = train_model(data, run, out, device=pick_device(device), resume=resume, progress=progress)
     stdout.print(f"model written to {out} (threshold {model.meta['threshold']:.4g} at "

@@ -131,3 +131,33 @@ class SliceDataset(torch.utils.data.Dataset):
         else:
             item[LABEL] = torch.zeros_like(item[BRAIN])
         return item
+
+
+class VolumeDataset(torch.utils.data.Dataset):
+    """Whole preprocessed volumes, for 3D models.
+
+    Item: ``image`` (C, S, S, S) float32 in [0, 1], ``brain`` (1, S, S, S), ``case_id``.
+    With ``healthy_only`` a volume is kept only when it has no label voxel.
+    """
+
+    def __init__(self, cases: Sequence[Case], modalities: tuple[str, ...], cfg: DataConfig, *,
+                 healthy_only: bool | None = None) -> None:
+        healthy_only = cfg.healthy_only if healthy_only is None else healthy_only
+        with_label = any(c.label is not None for c in cases)
+        with anodiff_errors():
+            cached = volume_dataset(list(cases), modalities, cfg, with_label=with_label, spatial_dims=3)
+        self.items: list[dict[str, Any]] = []
+        for index, case in enumerate(cases):
+            with anodiff_errors():
+                item = cached[index]
+            if healthy_only and LABEL in item and bool((item[LABEL] > 0).any()):
+                continue
+            self.items.append({IMAGE: torch.as_tensor(item[IMAGE]).float(),
+                               BRAIN: torch.as_tensor(item[BRAIN]).float(), "case_id": case.id})
+        log.info("%d volumes of %d cases (healthy_only=%s)", len(self.items), len(cases), healthy_only)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.items[index]
