@@ -221,6 +221,14 @@ class RunConfig:
         if self.data.image_size % factor:
             raise ConfigError(f"data.image_size ({self.data.image_size}) must be a multiple of {factor} "
                               f"for these {self.model.kind} channels (each level halves the grid)")
+        ae = self.autoencoder
+        if self.model.kind == "ldm" and ae.adversarial_weight > 0:
+            if self.data.image_size < 2 ** (ae.discriminator_layers + 2):
+                raise ConfigError(f"data.image_size ({self.data.image_size}) is too small for a "
+                                  f"{ae.discriminator_layers}-layer discriminator; lower "
+                                  "autoencoder.discriminator_layers")
+            if ae.batch_size < 2:
+                raise ConfigError("autoencoder.batch_size must be >= 2 with the adversary on (batch norm)")
         if self.scheduler.noise == "simplex" and (self.model.spatial_dims == 3 or self.model.kind == "ldm"):
             raise ConfigError("scheduler.noise: simplex is for 2D pixel-space DDPMs; use gaussian or coarse")
 

@@ -39,3 +39,26 @@ def test_unsafe_yaml_is_not_executed(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
     assert not Path(marker).exists()
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["model.kind=ldm", "data.image_size=40"], "multiple of 16"),
+    (["model.kind=ldm", "data.image_size=16", "autoencoder.channels=[16,16]", "model.channels=[16,16]",
+      "model.attention_levels=[false,false]"],
+     "too small for a 3-layer discriminator"),
+    (["model.kind=ldm", "autoencoder.batch_size=1"], "batch_size must be >= 2"),
+    (["model.kind=ldm", "scheduler.noise=simplex"], "simplex is for 2D pixel-space"),
+    (["autoencoder.channels=[32,64]", "autoencoder.attention_levels=[false]"], "one item per"),
+])
+def test_latent_diffusion_settings_are_checked(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
+
+def test_every_shipped_recipe_loads():
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        load_config(path)
+
+
+def test_float_written_without_a_dot_is_a_float():
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == pytest.approx(1e-3)
