@@ -19,6 +19,7 @@ from typing import Literal, Protocol
 import torch
 import torch.nn.functional as F
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from torch import nn
 
 from anodiff.config import SchedulerConfig
 
@@ -88,28 +89,32 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
-def denoising_loss(
-    network: Denoiser, scheduler: DDPMScheduler | DDIMScheduler, cfg: SchedulerConfig
-) -> Callable[..., torch.Tensor]:
-    """The DDPM training objective: MSE between the network output and its target at a random t.
+class DenoisingObjective(nn.Module):
+    """The DDPM training objective around ``network``: MSE between its output and the target at a random t.
 
-    The batch holds ``x0`` (B, C, *S): images in [-1, 1], or scaled latents.
+    ``forward(batch, generator=, step=)``: the batch holds ``x0`` (B, C, *S), images
+    in [-1, 1] or scaled latents. A module, so that DistributedDataParallel can wrap it.
     """
 
-    def loss_fn(batch: dict, *, generator: torch.Generator | None = None, step: int = 0) -> torch.Tensor:
+    def __init__(self, network: nn.Module, scheduler: DDPMScheduler | DDIMScheduler, cfg: SchedulerConfig) -> None:
+        super().__init__()
+        self.network = network
+        self.scheduler = scheduler
+        self.cfg = cfg
+
+    def forward(self, batch: dict, *, generator: torch.Generator | None = None, step: int = 0) -> torch.Tensor:
+        cfg = self.cfg
         x_0 = batch["x0"]
         eps = make_noise(x_0, cfg, generator=generator)
         t = torch.randint(0, cfg.num_train_timesteps, (x_0.shape[0],), generator=generator).to(x_0.device)
-        x_t = scheduler.add_noise(original_samples=x_0, noise=eps, timesteps=t)
+        x_t = self.scheduler.add_noise(original_samples=x_0, noise=eps, timesteps=t)
         if cfg.prediction_type == "epsilon":
             target = eps
         elif cfg.prediction_type == "sample":
             target = x_0
         else:
-            target = scheduler.get_velocity(x_0, eps, t)
-        return F.mse_loss(network(x_t, t).float(), target.float())
-
-    return loss_fn
+            target = self.scheduler.get_velocity(x_0, eps, t)
+        return F.mse_loss(self.network(x_t, t).float(), target.float())
 
 
 def inference_timesteps(scheduler: DDIMScheduler | DDPMScheduler, t0: int, num_steps: int) -> list[int]:

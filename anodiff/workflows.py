@@ -22,13 +22,14 @@ import yaml
 from PIL import Image
 from skimage import exposure, segmentation
 
-from anodiff.autoencoder import AutoencoderWithDiscriminator, LatentSpace, autoencoder_loss, latent_scale_factor
+from anodiff import distributed
+from anodiff.autoencoder import AutoencoderObjective, LatentSpace, latent_scale_factor
 from anodiff.config import RunConfig, config_to_dict, with_overrides
 from anodiff.data.cases import Case, discover, select_modalities
 from anodiff.data.datasets import SliceDataset, VolumeDataset
 from anodiff.data.synthetic import read_cohort_info
 from anodiff.detection import AnomalyResult, calibrate_threshold, detect, score_slices
-from anodiff.diffusion import PixelSpace, Space, build_scheduler, denoising_loss, to_model_range
+from anodiff.diffusion import DenoisingObjective, PixelSpace, Space, build_scheduler, to_model_range
 from anodiff.errors import AnodiffError, CheckpointError, ConfigError, DataError
 from anodiff.evaluation import size_bin, summarize_method
 from anodiff.io import read_volume, strip_image_suffix, write_volume
@@ -62,8 +63,10 @@ def train_model(
     device: torch.device,
     resume: bool = False,
     progress: Progress | None = None,
-) -> TrainedModel:
+) -> TrainedModel | None:
     """Train on the healthy data of ``data``, calibrate the threshold, write the model folder.
+
+    Returns the model (None on the ranks other than 0 under torchrun, which only train).
 
     ``model.kind: ddpm`` trains one denoiser on pixels. ``ldm`` first trains the
     autoencoder (stage 1, skipped when its weights exist), then the denoiser on
@@ -74,13 +77,17 @@ def train_model(
         raise DataError(f"{data}: no cases found")
     modalities = select_modalities(found.cases, config.data.modalities)
     train_cases, val_cases = split_cases(found.cases, config.train.val_fraction, config.train.seed)
-    train_set = healthy_dataset(train_cases, modalities, config)
+    # Under torchrun each rank preprocesses and trains on its own cases: disjoint samples.
+    rank_cases = distributed.partition(train_cases, config.train.seed)
+    train_set = healthy_dataset(rank_cases, modalities, config)
     log.info("training on %d healthy %s of %d cases; %d cases held out for calibration", len(train_set),
-             "slices" if config.model.spatial_dims == 2 else "volumes", len(train_cases), len(val_cases))
-    out.mkdir(parents=True, exist_ok=True)
-    # A folder is a usable model once meta.json is written, last; until then it is not one.
-    (out / META).unlink(missing_ok=True)
-    remove_stale_temporaries(out)
+             "slices" if config.model.spatial_dims == 2 else "volumes", len(rank_cases), len(val_cases))
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        # A folder is a usable model once meta.json is written, last; until then it is not one.
+        (out / META).unlink(missing_ok=True)
+        remove_stale_temporaries(out)
+    distributed.barrier()
     meta: dict = {
         "kind": config.model.kind,
         "modalities": list(modalities),
@@ -89,7 +96,8 @@ def train_model(
             "root": str(data.resolve()),
             "train_cases": [c.id for c in train_cases],
             "calibration_cases": [c.id for c in val_cases],
-            "num_healthy_inputs": len(train_set),
+            "cases_per_process": distributed.gather([c.id for c in rank_cases]),
+            "num_healthy_inputs": sum(distributed.gather(len(train_set))),
             "layouts": list(found.layouts),
         },
     }
@@ -99,8 +107,9 @@ def train_model(
     if config.model.kind == "ldm":
         autoencoder = train_autoencoder(train_set, modalities, config, out, device=device, resume=resume,
                                         progress=progress)
-        held_out = healthy_dataset(val_cases, modalities, config, allow_empty=True)
-        meta["autoencoder"] = autoencoder_report(autoencoder, held_out, config, out / "autoencoder")
+        if distributed.is_main():
+            held_out = healthy_dataset(val_cases, modalities, config, allow_empty=True)
+            meta["autoencoder"] = autoencoder_report(autoencoder, held_out, config, out / "autoencoder")
         latents = encode_dataset(LatentSpace(autoencoder, 1.0, config.autoencoder.kind), train_set)
         scale = latent_scale_factor(latents)
         space = LatentSpace(autoencoder, scale, config.autoencoder.kind)
@@ -122,20 +131,25 @@ def train_model(
         torch.manual_seed(config.train.seed)
         network = build_network(config.model, in_channels=in_channels)
     log.info("denoiser: %s parameters", f"{count_parameters(network):,}")
-    loss_fn = denoising_loss(network, build_scheduler(config.scheduler, "ddpm"), config.scheduler)
+    objective = DenoisingObjective(network, build_scheduler(config.scheduler, "ddpm"), config.scheduler)
     preview = preview_inputs(train_set)
-    ema_network, result = fit(
-        network, loss_fn, sample_batch, config.train, out, device=device, resume=resume,
+    trained, result = fit(
+        objective, sample_batch, config.train, out, device=device, resume=resume,
         config_text=checkpoint_identity(config),
         progress=stage_progress(progress, "diffusion" if latents is not None else ""),
-        on_sample=lambda step, net: save_reconstruction_grid(net, preview, config, out / "samples" / f"{step:07d}.png",
-                                                             space=space),
+        on_sample=lambda step, ema: save_reconstruction_grid(
+            ema.network, preview, config, out / "samples" / f"{step:07d}.png", space=space),
     )
     meta["training"] = {"steps": config.train.num_steps, "seconds_this_run": round(result.seconds, 1),
-                        "final_loss": result.final_loss, "device": str(device)}
-    trained = TrainedModel(config=config, network=ema_network.eval(), meta=meta, folder=out, space=space)
-    meta |= calibrate(trained, val_cases, progress=progress)
-    save_model(out, config, ema_network, meta)
+                        "samples_per_s": round(result.samples_per_s, 2),
+                        "data_wait_fraction": round(result.data_fraction, 4),
+                        "final_loss": result.final_loss, "device": str(device),
+                        "processes": distributed.world_size()}
+    if not distributed.is_main():
+        return None
+    model = TrainedModel(config=config, network=trained.network.eval(), meta=meta, folder=out, space=space)
+    meta |= calibrate(model, val_cases, progress=progress)
+    save_model(out, config, trained.network, meta)
     return load_model(out, device=device)
 
 
@@ -207,7 +221,7 @@ def train_autoencoder(train_set, modalities: tuple[str, ...], config: RunConfig,
             return autoencoder.to(device).eval()
         log.info("stage 1: %s has %s steps, %d asked for; training on", path, metadata.get("steps"), cfg.num_steps)
     log.info("stage 1 autoencoder: %s parameters", f"{count_parameters(autoencoder):,}")
-    pair = AutoencoderWithDiscriminator(autoencoder, discriminator)
+    objective = AutoencoderObjective(autoencoder, discriminator, cfg)
     stage_cfg = replace(config.train, num_steps=cfg.num_steps, batch_size=cfg.batch_size, lr=cfg.lr,
                         ema_decay=cfg.ema_decay)
 
@@ -217,14 +231,16 @@ def train_autoencoder(train_set, modalities: tuple[str, ...], config: RunConfig,
 
     preview = preview_inputs(train_set)
     stage_dir = out / "autoencoder"
-    trained, _ = fit(pair, autoencoder_loss(pair, cfg), sample_batch, stage_cfg, stage_dir, device=device,
-                     resume=resume, config_text=identity, progress=stage_progress(progress, "autoencoder"),
-                     on_sample=lambda step, net: save_autoencoder_grid(
-                         net.autoencoder, preview, cfg.kind, stage_dir / "samples" / f"{step:07d}.png"))
+    trained, _ = fit(objective, sample_batch, stage_cfg, stage_dir, device=device, resume=resume,
+                     config_text=identity, progress=stage_progress(progress, "autoencoder"),
+                     on_sample=lambda step, ema: save_autoencoder_grid(
+                         ema.autoencoder, preview, cfg.kind, stage_dir / "samples" / f"{step:07d}.png"))
     autoencoder = trained.autoencoder.eval()
-    write_safetensors({k: v.detach().cpu().contiguous() for k, v in autoencoder.state_dict().items()}, path,
-                      {"identity": identity, "steps": str(cfg.num_steps)})
-    (out / CHECKPOINT).unlink(missing_ok=True)  # a stage-2 checkpoint belongs to the old latents
+    if distributed.is_main():
+        write_safetensors({k: v.detach().cpu().contiguous() for k, v in autoencoder.state_dict().items()}, path,
+                          {"identity": identity, "steps": str(cfg.num_steps)})
+        (out / CHECKPOINT).unlink(missing_ok=True)  # a stage-2 checkpoint belongs to the old latents
+    distributed.barrier()
     return autoencoder
 
 

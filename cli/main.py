@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -140,21 +141,37 @@ def train(
     = False,
     overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides, e.g. train.lr=1e-4.")] = None,
 ) -> None:
-    """Train a diffusion model on healthy data, calibrate its threshold, write a model folder."""
+    """Train a diffusion model on healthy data, calibrate its threshold, write a model folder.
+
+    Multi-GPU or multi-node: start it with torchrun (`torchrun --nproc-per-node 4 -m anodiff.cli train ...`);
+    each process trains on its share of the cases, and rank 0 writes the model folder.
+    """
+    from anodiff import distributed
     from anodiff.modelfolder import discard_training_state
     from anodiff.training import pick_device
     from anodiff.workflows import train_model
 
     run = _config(config, overrides, steps)
     out = out or Path("runs") / (config.stem if config else "ddpm2d")
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        raise fail(f"{out}: model folder exists; pass --resume to continue or --overwrite to start again")
-    if overwrite and not resume:
-        discard_training_state(out)
-    with progress_bar("training") as progress:
-        model = train_model(data, run, out, device=pick_device(device), resume=resume, progress=progress)
-    stdout.print(f"model written to {out} (threshold {model.meta['threshold']:.4g} at "
-                 f"{model.config.anomaly.fpr:.1%} healthy FPR)")
+    chosen = pick_device(device)
+    if distributed.launched():
+        chosen = distributed.init_from_env(device)
+    try:
+        if distributed.is_main():
+            if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+                raise fail(f"{out}: model folder exists; pass --resume to continue or --overwrite to start again")
+            if overwrite and not resume:
+                discard_training_state(out)
+        distributed.barrier()
+        if not distributed.is_main():  # one voice: the other ranks only warn
+            logging.getLogger("anodiff").setLevel(logging.WARNING)
+        with progress_bar("training", disable=not distributed.is_main()) as progress:
+            model = train_model(data, run, out, device=chosen, resume=resume, progress=progress)
+    finally:
+        distributed.shutdown()
+    if model is not None:
+        stdout.print(f"model written to {out} (threshold {model.meta['threshold']:.4g} at "
+                     f"{model.config.anomaly.fpr:.1%} healthy FPR)")
 
 
 @command

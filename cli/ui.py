@@ -38,7 +38,8 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 @contextmanager
-def progress_bar(description: str, *, transient: bool = False) -> Iterator[Callable[[int, int], None]]:
+def progress_bar(description: str, *, transient: bool = False,
+                 disable: bool = False) -> Iterator[Callable[[int, int], None]]:
     """A rich progress bar on stderr, exposed to the library as ``progress(done, total)``."""
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -49,6 +50,7 @@ def progress_bar(description: str, *, transient: bool = False) -> Iterator[Calla
         TextColumn("{task.fields[info]}"),
         console=stderr,
         transient=transient,
+        disable=disable,
     ) as bar:
         task = bar.add_task(description, total=None, info="")
 

@@ -35,10 +35,10 @@ def install(point: str, n: int) -> None:
     if point == "step":
         real_generator = training.step_generator
 
-        def step_generator(seed, step):
+        def step_generator(seed, step, rank=0):
             if step == n:
                 die()
-            return real_generator(seed, step)
+            return real_generator(seed, step, rank)
 
         training.step_generator = step_generator
     elif point == "checkpoint-write":

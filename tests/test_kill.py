@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from anodiff.cli.main import app
 from anodiff.config import load_config
+from anodiff.diffusion import DenoisingObjective, build_scheduler
 from anodiff.errors import CheckpointError
 from anodiff.modelfolder import load_model
 from anodiff.models import build_network
@@ -44,10 +45,12 @@ KILL_POINTS = [
 
 def checkpoint_step(path: Path) -> int:
     """Load a checkpoint into a fresh network, EMA and optimizer, as --resume does; its step."""
-    network = build_network(load_config(TINY).model, in_channels=4)
-    ema = torch.optim.swa_utils.AveragedModel(network)
-    optimizer = torch.optim.AdamW(network.parameters())
-    return load_checkpoint(path, network, ema, optimizer)
+    config = load_config(TINY)
+    objective = DenoisingObjective(build_network(config.model, in_channels=4),
+                                   build_scheduler(config.scheduler, "ddpm"), config.scheduler)
+    ema = torch.optim.swa_utils.AveragedModel(objective)
+    optimizer = torch.optim.AdamW(objective.parameters())
+    return load_checkpoint(path, objective, ema, optimizer)
 
 
 @pytest.mark.parametrize(("point", "n", "saved_step"), KILL_POINTS, ids=[f"{p}-{n}" for p, n, _ in KILL_POINTS])

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from anodiff.autoencoder import AutoencoderWithDiscriminator, LatentSpace, autoencoder_loss, latent_scale_factor
+from anodiff.autoencoder import AutoencoderObjective, LatentSpace, latent_scale_factor
 from anodiff.cli.main import app
 from anodiff.config import AutoencoderConfig
 from anodiff.data.synthetic import write_cohort
@@ -48,9 +48,9 @@ def ldm_model(tiny_cohort, tmp_path_factory):
 def test_stage_one_loss_trains_autoencoder_and_discriminator_after_warm_up(kind, dims):
     cfg = AutoencoderConfig(**{**SMALL_AE.__dict__, "kind": kind})
     torch.manual_seed(0)
-    pair = AutoencoderWithDiscriminator(build_autoencoder(cfg, spatial_dims=dims, in_channels=2),
-                                        build_discriminator(cfg, spatial_dims=dims, in_channels=2))
-    loss_fn = autoencoder_loss(pair, cfg)
+    pair = AutoencoderObjective(build_autoencoder(cfg, spatial_dims=dims, in_channels=2),
+                                build_discriminator(cfg, spatial_dims=dims, in_channels=2), cfg)
+    loss_fn = pair
     batch = {"x0": torch.rand(2, 2, *[16] * dims)}
     for step, adversary_on in ((0, False), (cfg.adversarial_start, True)):
         pair.zero_grad(set_to_none=True)
@@ -68,9 +68,9 @@ def test_generator_term_does_not_train_the_discriminator():
     torch.manual_seed(0)
     ae = build_autoencoder(SMALL_AE, spatial_dims=2, in_channels=1)
     disc = build_discriminator(SMALL_AE, spatial_dims=2, in_channels=1)
-    pair = AutoencoderWithDiscriminator(ae, disc)
+    pair = AutoencoderObjective(ae, disc, SMALL_AE)
     batch = {"x0": torch.rand(2, 1, 16, 16)}
-    loss = autoencoder_loss(pair, SMALL_AE)(batch, generator=torch.Generator().manual_seed(0), step=99)
+    loss = pair(batch, generator=torch.Generator().manual_seed(0), step=99)
     loss.backward()
     combined = [p.grad.clone() for p in disc.parameters()]
 
