@@ -29,6 +29,10 @@ test: setup
 test-all: setup
 	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
 
+# Speed and quality of every sampler, the LDM, training throughput and the detect time split.
+bench: setup
+	$(BIN)/python benchmarks/bench.py --out bench-output $(BENCH_ARGS)
+
 lint: setup
 	$(BIN)/ruff check anodiff cli tests examples benchmarks
 

@@ -29,10 +29,10 @@ from skimage import morphology
 
 from anodiff.config import AnomalyConfig, DataConfig, RunConfig
 from anodiff.data.cases import Case
-from anodiff.data.transforms import BRAIN, IMAGE, anodiff_errors, case_item, preprocessing, to_input_grid
+from anodiff.data.transforms import BRAIN, IMAGE, REFERENCE, anodiff_errors, case_item, preprocessing, to_input_grid
 from anodiff.diffusion import PixelSpace, Space, build_scheduler, reconstruct
 from anodiff.errors import DataError
-from anodiff.io import Volume, read_volume
+from anodiff.io import Volume
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def prepare(case: Case, modalities: tuple[str, ...], data_cfg: DataConfig, spati
             f"case {case.id}: the model needs modalities {list(modalities)}, but {missing} "
             f"{'is' if len(missing) == 1 else 'are'} missing (it has {list(case.images)})"
         )
-    chain = preprocessing(data_cfg, with_label=False, spatial_dims=spatial_dims)
+    chain = preprocessing(data_cfg, with_label=False, spatial_dims=spatial_dims, keep_reference=True)
     with anodiff_errors():
         return chain, chain(case_item(case, modalities))
 
@@ -203,7 +203,7 @@ def detect(
     timings["network_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    reference = read_volume(case.images[modalities[0]])
+    reference = item[REFERENCE]
     score_map = to_input_grid(chain, item[IMAGE], grid.score)[0].numpy().astype(np.float32)
     brain = reference.data != 0
     score_map = np.where(brain, np.clip(score_map, 0, None), 0).astype(np.float32)

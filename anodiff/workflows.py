@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 import torch
 import yaml
+from monai.inferers import LatentDiffusionInferer
 from PIL import Image
 from skimage import exposure, segmentation
 
@@ -137,20 +138,22 @@ def train_model(
         objective, sample_batch, config.train, out, device=device, resume=resume,
         config_text=checkpoint_identity(config),
         progress=stage_progress(progress, "diffusion" if latents is not None else ""),
-        on_sample=lambda step, ema: save_reconstruction_grid(
-            ema.network, preview, config, out / "samples" / f"{step:07d}.png", space=space),
+        on_sample=lambda step, ema: save_samples(ema.network, preview, config, out / "samples", step, space),
     )
-    meta["training"] = {"steps": config.train.num_steps, "seconds_this_run": round(result.seconds, 1),
-                        "samples_per_s": round(result.samples_per_s, 2),
-                        "data_wait_fraction": round(result.data_fraction, 4),
-                        "final_loss": result.final_loss, "device": str(device),
-                        "processes": distributed.world_size()}
+    meta["training"] = fit_summary(result, config.train.num_steps, device)
     if not distributed.is_main():
         return None
     model = TrainedModel(config=config, network=trained.network.eval(), meta=meta, folder=out, space=space)
     meta |= calibrate(model, val_cases, progress=progress)
     save_model(out, config, trained.network, meta)
     return load_model(out, device=device)
+
+
+def fit_summary(result, steps: int, device: torch.device) -> dict:
+    """What meta.json records of a training stage."""
+    return {"steps": steps, "seconds_this_run": round(result.seconds, 1),
+            "samples_per_s": round(result.samples_per_s, 2), "data_wait_fraction": round(result.data_fraction, 4),
+            "final_loss": result.final_loss, "device": str(device), "processes": distributed.world_size()}
 
 
 def healthy_dataset(cases: list[Case], modalities: tuple[str, ...], config: RunConfig, *,
@@ -231,14 +234,17 @@ def train_autoencoder(train_set, modalities: tuple[str, ...], config: RunConfig,
 
     preview = preview_inputs(train_set)
     stage_dir = out / "autoencoder"
-    trained, _ = fit(objective, sample_batch, stage_cfg, stage_dir, device=device, resume=resume,
+    trained, result = fit(objective, sample_batch, stage_cfg, stage_dir, device=device, resume=resume,
                      config_text=identity, progress=stage_progress(progress, "autoencoder"),
                      on_sample=lambda step, ema: save_autoencoder_grid(
                          ema.autoencoder, preview, cfg.kind, stage_dir / "samples" / f"{step:07d}.png"))
     autoencoder = trained.autoencoder.eval()
+    log.info("stage 1: %.1f samples/s, %.1f%% of the time waiting on data", result.samples_per_s,
+             100 * result.data_fraction)
     if distributed.is_main():
         write_safetensors({k: v.detach().cpu().contiguous() for k, v in autoencoder.state_dict().items()}, path,
-                          {"identity": identity, "steps": str(cfg.num_steps)})
+                          {"identity": identity, "steps": str(cfg.num_steps),
+                           "training": json.dumps(fit_summary(result, cfg.num_steps, device))})
         (out / CHECKPOINT).unlink(missing_ok=True)  # a stage-2 checkpoint belongs to the old latents
     distributed.barrier()
     return autoencoder
@@ -247,6 +253,9 @@ def train_autoencoder(train_set, modalities: tuple[str, ...], config: RunConfig,
 def autoencoder_report(autoencoder: torch.nn.Module, held_out, config: RunConfig, folder: Path) -> dict:
     """Stage 1's reconstruction error on held-out healthy inputs (it bounds what the LDM can see), and a PNG."""
     report = {"parameters": count_parameters(autoencoder), "kind": config.autoencoder.kind}
+    recorded = read_safetensors_metadata(folder.parent / AUTOENCODER).get("training")
+    if recorded:
+        report["training"] = json.loads(recorded)
     if len(held_out) == 0:
         log.warning("no healthy held-out inputs: the autoencoder's reconstruction error is not measured")
         return report
@@ -358,6 +367,28 @@ def save_reconstruction_grid(network, images: torch.Tensor, config: RunConfig, p
     save_grid([images[:, 0], recon[:, 0], (residual[:, 0] * 4).clamp(0, 1)], path)
 
 
+def save_samples(network, preview: torch.Tensor, config: RunConfig, folder: Path, step: int, space: Space) -> None:
+    """The sample PNGs of a training step: reconstructions and, for an LDM, images generated from noise."""
+    save_reconstruction_grid(network, preview, config, folder / f"{step:07d}.png", space=space)
+    if isinstance(space, LatentSpace):
+        latent_shape = space.encode(preview.to(next(network.parameters()).device)).shape
+        save_generated_grid(network, space, config, latent_shape, folder / f"{step:07d}_generated.png")
+
+
+def save_generated_grid(network, space: LatentSpace, config: RunConfig, latent_shape, path: Path) -> None:
+    """What the LDM makes of pure noise (20 DDIM steps, MONAI's LatentDiffusionInferer): healthy-looking brains."""
+    scheduler = build_scheduler(config.scheduler, "ddim", clip_sample=False)
+    scheduler.set_timesteps(20)
+    inferer = LatentDiffusionInferer(scheduler, scale_factor=space.scale_factor)
+    device = next(network.parameters()).device
+    noise = torch.randn(tuple(latent_shape), generator=torch.Generator().manual_seed(0)).to(device)
+    network.eval()
+    with torch.inference_mode():
+        images = inferer.sample(input_noise=noise, autoencoder_model=space.autoencoder, diffusion_model=network,
+                                scheduler=scheduler, verbose=False)
+    save_grid([images[:, 0].clamp(0, 1)], path)
+
+
 def save_autoencoder_grid(autoencoder, images: torch.Tensor, kind: str, path: Path) -> None:
     """PNG rows: input, autoencoder reconstruction, and |difference| x 4 (first modality; mid slice in 3D)."""
     was_training = autoencoder.training
@@ -457,13 +488,14 @@ def detect_cases(
                     raise DataError(f"{target}: already exists (pass --overwrite to replace it)")
             result = detect(model.network, model.config, case, model.modalities, threshold=chosen,
                             space=model.space, generator=torch.Generator().manual_seed(seed))
+            writing = time.perf_counter()
             written.append(write_volume(result.mask, mask_path, like=result.reference, dtype=np.uint8,
                                         overwrite=overwrite))
             if map_path is not None:
                 written.append(write_volume(result.score_map, map_path, like=result.reference, dtype=np.float32,
                                             overwrite=overwrite))
-            outcomes.append(DetectOutcome(case.id, written, seconds=time.perf_counter() - clock,
-                                          timings=result.timings))
+            timings = {**result.timings, "write_s": time.perf_counter() - writing}
+            outcomes.append(DetectOutcome(case.id, written, seconds=time.perf_counter() - clock, timings=timings))
         except Exception as err:  # one bad case must not stop a batch of hundreds
             if not isinstance(err, AnodiffError):
                 log.debug("case %s failed", case.id, exc_info=True)
@@ -531,6 +563,7 @@ def evaluate_model(model: TrainedModel, data: Path, out: Path, *, seed: int = 0,
         "num_lesion_cases": sum(1 for t in truths if t.any()),
         "network_evals_per_slice": evals,
         "seconds_per_volume": float(np.mean(seconds)),
+        "peak_gpu_memory_mb": (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None),
         "anomaly": config_to_dict(model.config.anomaly),
         "methods": {k: {m: v for m, v in s.items() if m != "per_case"} for k, s in methods.items()},
         "breakdown": breakdown(rows, list(methods)),

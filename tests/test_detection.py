@@ -40,3 +40,15 @@ def test_postprocess_keeps_a_blob_and_zeroes_outside_the_brain():
     out = postprocess(score, brain, AnomalyConfig(median_size=3, brain_erosion=1))
     assert out[0, 0, 0, 0] == 0 and out[0, 2, 2, 3] == 0  # outside, and on the eroded rim
     assert out[0, 7:9, 7:9, 2:4].min() > 0.9 > out[0, 3:5, 3:5, :].max()
+
+
+def test_detect_reports_where_its_time_went(tiny_model, tiny_cohort, tmp_path):
+    from anodiff.data.cases import discover
+    from anodiff.modelfolder import load_model
+    from anodiff.workflows import detect_cases
+
+    case = discover(tiny_cohort).cases[0]
+    [outcome] = detect_cases(load_model(tiny_model), [case], lambda c: (tmp_path / "m.nii.gz", None))
+    assert outcome.error is None
+    parts = [outcome.timings[k] for k in ("preprocess_s", "network_s", "postprocess_s", "write_s")]
+    assert all(p > 0 for p in parts) and sum(parts) <= outcome.seconds * 1.01

@@ -117,7 +117,9 @@ def test_ldm_model_folder_holds_both_stages(ldm_model):
     meta = json.loads((ldm_model / "meta.json").read_text())
     assert meta["kind"] == "ldm" and meta["latent_scale_factor"] > 0
     assert 0 < meta["autoencoder"]["heldout_l1_brain"] < 1
+    assert meta["autoencoder"]["training"]["steps"] == 20 and meta["autoencoder"]["training"]["samples_per_s"] > 0
     assert (ldm_model / "autoencoder" / "reconstructions.png").is_file()
+    assert {p.name for p in (ldm_model / "samples").glob("*.png")} >= {"0000020.png", "0000020_generated.png"}
     model = load_model(ldm_model)
     assert isinstance(model.space, LatentSpace) and model.space.scale_factor == meta["latent_scale_factor"]
 

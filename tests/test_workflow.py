@@ -31,6 +31,7 @@ def test_model_folder_contract(tiny_model):
     assert meta["threshold"] > 0 and meta["baseline_threshold"] > 0
     assert set(meta["versions"]) == {"anodiff", "torch", "monai"}
     assert meta["training_data"]["calibration_cases"]
+    assert meta["training"]["samples_per_s"] > 0 and 0 <= meta["training"]["data_wait_fraction"] < 1
     assert list((tiny_model / "samples").glob("*.png"))
 
 

@@ -46,6 +46,7 @@ from anodiff.errors import AnodiffError
 from anodiff.io import check_same_grid, read_images, read_volume
 
 IMAGE, LABEL, BRAIN = "image", "label", "brain"
+REFERENCE = "reference"  # the first modality's Volume as read: the grid outputs are written on
 
 
 def case_item(case: Case, modalities: tuple[str, ...]) -> dict[str, Any]:
@@ -60,12 +61,14 @@ class LoadCased(MapTransform):
     """Read a case's modalities (validated, same grid) into channel-first MetaTensors.
 
     Input: ``{"images": {modality: path}, "label_path": path (optional), ...}``.
-    Output adds ``image`` (C, X, Y, Z) float32, ``brain`` (1, X, Y, Z) float32 in {0, 1}
-    and, with a label, ``label`` (1, X, Y, Z) float32 holding the label values.
+    Output adds ``image`` (C, X, Y, Z) float32, ``brain`` (1, X, Y, Z) float32 in {0, 1},
+    with ``keep_reference`` ``reference`` (the first modality's :class:`~anodiff.io.Volume`,
+    so detection reads nothing twice) and, with a label, ``label`` (1, X, Y, Z) float32 holding the label values.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep_reference: bool = False) -> None:
         super().__init__(keys=[IMAGE], allow_missing_keys=True)
+        self.keep_reference = keep_reference
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         out = dict(data)
@@ -77,6 +80,8 @@ class LoadCased(MapTransform):
         out[IMAGE] = MetaTensor(torch.from_numpy(stack), affine=affine, meta=dict(meta))
         out[BRAIN] = MetaTensor(torch.from_numpy((stack != 0).any(0, keepdims=True).astype(np.float32)),
                                 affine=affine.clone(), meta=dict(meta))
+        if self.keep_reference:  # detection only: a cache of training volumes must not hold full-size copies
+            out[REFERENCE] = ref
         if data.get("label_path"):
             label = read_volume(data["label_path"], allow_constant=True)
             check_same_grid({**volumes, LABEL: label})
@@ -119,13 +124,14 @@ def _subsample(values: torch.Tensor, limit: int = 4_000_000) -> torch.Tensor:
 
 
 def preprocessing(
-    cfg: DataConfig, *, with_label: bool, spatial_dims: Literal[2, 3] = 2
+    cfg: DataConfig, *, with_label: bool, spatial_dims: Literal[2, 3] = 2, keep_reference: bool = False
 ) -> Compose:
     """The chain from a :func:`case_item` dict to network-ready tensors (see module doc)."""
     keys = [IMAGE, BRAIN] + ([LABEL] if with_label else [])
     interp = ["bilinear", "nearest"] + (["nearest"] if with_label else [])
     size = cfg.image_size
-    steps = [LoadCased(), Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))]
+    ras = (("L", "R"), ("P", "A"), ("I", "S"))
+    steps = [LoadCased(keep_reference), Orientationd(keys=keys, axcodes="RAS", labels=ras)]
     if cfg.spacing_mm is not None:
         steps.append(Spacingd(keys=keys, pixdim=cfg.spacing_mm, mode=interp, dtype=np.float32))
     steps += [

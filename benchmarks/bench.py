@@ -1,0 +1,222 @@
+"""Speed and quality in one run (``make bench``): samplers, LDM, training throughput, where detect spends its time.
+
+On one machine, in one run:
+
+1. two small synthetic cohorts (healthy training, test with lesions);
+2. a DDPM and an LDM trained at the same small budget (``configs/bench.yaml``);
+   training samples/s and the share of time spent waiting on data, from each run;
+3. ``anodiff evaluate`` of the DDPM with the full DDPM reverse chain from ``t0`` and
+   with DDIM in K steps, and of the LDM with DDIM: seconds per volume, peak memory
+   (the process's peak RSS on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU),
+   Dice and AUROC side by side; each threshold recalibrated for its setting;
+4. the time split of one ``anodiff detect`` call on a BraTS-sized case
+   (240x240x155, 4 modalities), for the bench model and for the default recipe's
+   network (``configs/ddpm2d.yaml``, untrained weights: timing only).
+
+Writes ``<out>/bench.json`` and ``<out>/bench.md``; the last line printed is
+``DDIM-10 speedup over full reverse: <N>x, AUROC delta: <D>``.
+
+    python benchmarks/bench.py --out bench-output [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "bench.yaml"
+LDM_SETTINGS = [  # the LDM recipe of configs/ldm_demo.yaml on the bench's budget
+    "model.kind=ldm", "autoencoder.channels=[32,64]", "autoencoder.latent_channels=3",
+    "autoencoder.adversarial_start=150", "autoencoder.discriminator_layers=2", "autoencoder.lr=2e-4",
+]
+
+
+def run(*command: str) -> dict:
+    """Run a command; returns its wall time and peak resident memory (this child only, via wait4)."""
+    print(f"$ {shlex.join(command)}", flush=True)
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {shlex.join(command)}")
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def cohorts(anodiff: str, out: Path) -> None:
+    if not (out / "train" / "cohort.json").is_file():
+        run(anodiff, "-q", "synth", "--out", str(out / "train"), "--cases", "6", "--seed", "11", "--spacing", "2.5",
+            "--healthy-only", "--overwrite")
+    if not (out / "test" / "cohort.json").is_file():
+        run(anodiff, "-q", "synth", "--out", str(out / "test"), "--cases", "6", "--seed", "12", "--spacing", "2.5",
+            "--healthy-fraction", "0.17", "--overwrite")
+
+
+def train(anodiff: str, out: Path, name: str, device: str, settings: list[str]) -> dict:
+    model = out / name
+    if not (model / "meta.json").is_file():
+        run(anodiff, "-q", "train", "--data", str(out / "train"), "--config", str(CONFIG), "--out", str(model),
+            "--device", device, "--overwrite", *settings)
+    meta = json.loads((model / "meta.json").read_text())
+    stages = {"diffusion": meta["training"]}
+    if "training" in meta.get("autoencoder", {}):
+        stages["autoencoder"] = meta["autoencoder"]["training"]
+    return stages
+
+
+def evaluate(anodiff: str, out: Path, model: str, label: str, device: str, settings: list[str]) -> dict:
+    report_dir = out / "reports" / label
+    usage = run(anodiff, "-q", "evaluate", "--model", str(out / model), "--data", str(out / "test"), "--out",
+                str(report_dir), "--device", device, *settings)
+    report = json.loads((report_dir / "report.json").read_text())
+    m = report["methods"]["anodiff"]
+    return {"method": label, "network_evals_per_slice": report["network_evals_per_slice"],
+            "seconds_per_volume": report["seconds_per_volume"],
+            "peak_memory_mb": report.get("peak_gpu_memory_mb") or usage["peak_rss_mb"],
+            "memory_kind": "GPU allocated" if report.get("peak_gpu_memory_mb") else "process RSS",
+            "auroc": m["auroc_pooled"], "auprc": m["auprc_pooled"], "dice_calibrated": m["dice_calibrated_pooled"],
+            "dice_best_possible": m["dice_best_possible_pooled"],
+            "baseline_auroc": report["methods"]["flair threshold"]["auroc_pooled"]}
+
+
+def brats_sized_case(anodiff: str, out: Path) -> Path:
+    """One 4-modality case of BraTS's grid (240x240x155 at 1 mm): a 1 mm synthetic subject, padded/cropped."""
+    import nibabel as nib
+
+    case = out / "brats_sized" / "bsz_000"
+    if case.is_dir():
+        return case
+    run(anodiff, "-q", "synth", "--out", str(out / "brats_sized_src"), "--cases", "1", "--seed", "13",
+        "--spacing", "1", "--healthy-fraction", "0", "--overwrite")
+    source = next(p for p in (out / "brats_sized_src").iterdir() if p.is_dir())
+    case.mkdir(parents=True)
+    for path in sorted(source.glob("*.nii.gz")):
+        img = nib.load(path)
+        data = np.asarray(img.dataobj)
+        target = np.zeros((240, 240, 155), data.dtype)
+        x, y, z = (min(a, b) for a, b in zip(data.shape, target.shape))
+        z0 = max(0, (data.shape[2] - 155) // 2)
+        target[:x, :y, :z] = data[:x, :y, z0:z0 + z]
+        suffix = path.name[len(source.name):]
+        nib.save(nib.Nifti1Image(target, img.affine, img.header), case / f"bsz_000{suffix}")
+    return case
+
+
+def detect_split(model_dir: Path, case: Path, device: str, repeats: int = 2) -> dict:
+    """Time split of detect_cases on one case (the last of ``repeats`` runs, after a warm-up)."""
+    import tempfile
+
+    from anodiff.data.cases import discover
+    from anodiff.modelfolder import load_model
+    from anodiff.training import pick_device
+    from anodiff.workflows import detect_cases
+
+    model = load_model(model_dir, device=pick_device(device))
+    [found] = discover(case.parent).cases
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            [outcome] = detect_cases(model, [found], lambda c: (Path(tmp) / "mask.nii.gz", None), overwrite=True)
+    if outcome.error:
+        raise SystemExit(f"detect failed on {case}: {outcome.error}")
+    t = outcome.timings
+    network = t["network_s"]
+    return {"load_preprocess_s": t["preprocess_s"], "network_s": network,
+            "postprocess_write_s": t["postprocess_s"] + t["write_s"], "total_s": outcome.seconds,
+            "network_share": network / outcome.seconds}
+
+
+def untrained_default_model(out: Path, case_dir: Path, steps: int) -> Path:
+    """configs/ddpm2d.yaml's network with untrained weights and a dummy threshold: for timing only."""
+    from anodiff.config import load_config
+    from anodiff.data.cases import discover
+    from anodiff.modelfolder import save_model
+    from anodiff.models import build_network
+
+    folder = out / "default-recipe-untrained"
+    config = load_config(ROOT / "configs" / "ddpm2d.yaml", [f"anomaly.num_inference_steps={steps}"])
+    modalities = discover(case_dir).cases[0].images
+    network = build_network(config.model, in_channels=len(modalities))
+    save_model(folder, config, network, {"kind": "ddpm", "modalities": sorted(modalities), "threshold": 1.0})
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench-output"))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 25, 50], help="DDIM step counts")
+    parser.add_argument("--recipe-steps", type=int, default=None,
+                        help="DDIM steps when timing configs/ddpm2d.yaml's network (default: 10 on a GPU, 1 on a "
+                             "CPU, where one pass already shows the split: more passes only raise the network share)")
+    args = parser.parse_args()
+    anodiff = str(Path(sys.executable).with_name("anodiff"))
+    out, device = args.out, args.device
+    began = time.perf_counter()
+    cohorts(anodiff, out)
+
+    training = {"ddpm": train(anodiff, out, "ddpm", device, []),
+                "ldm": train(anodiff, out, "ldm", device, LDM_SETTINGS)}
+    rows = [evaluate(anodiff, out, "ddpm", "DDPM full reverse", device, ["anomaly.sampler=ddpm"])]
+    rows += [evaluate(anodiff, out, "ddpm", f"DDIM-{k}", device, [f"anomaly.num_inference_steps={k}"])
+             for k in args.steps]
+    rows.append(evaluate(anodiff, out, "ldm", "LDM DDIM-10", device, ["anomaly.num_inference_steps=10"]))
+
+    case = brats_sized_case(anodiff, out)
+    splits = {"bench DDPM (DDIM-10)": detect_split(out / "ddpm", case, device)}
+    recipe_steps = args.recipe_steps or (1 if machine(device).startswith("CPU") else 10)
+    splits[f"ddpm2d.yaml network (DDIM-{recipe_steps})"] = detect_split(
+        untrained_default_model(out, case, recipe_steps), case, device)
+
+    results = {"machine": machine(device), "rows": rows, "training": training, "detect_split": splits,
+               "seconds": time.perf_counter() - began}
+    table = markdown(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(results, indent=2))
+    (out / "bench.md").write_text(table)
+    print("\n" + table)
+    full = next(r for r in rows if r["method"] == "DDPM full reverse")
+    ddim10 = next(r for r in rows if r["method"] == "DDIM-10")
+    print(f"DDIM-10 speedup over full reverse: {full['seconds_per_volume'] / ddim10['seconds_per_volume']:.1f}x, "
+          f"AUROC delta: {ddim10['auroc'] - full['auroc']:+.4f}")
+
+
+def machine(device: str) -> str:
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def markdown(results: dict) -> str:
+    lines = [f"Machine: {results['machine']}; whole run {results['seconds'] / 60:.1f} min.", "",
+             "| method | network passes / slice | detect s / volume | peak memory MB | AUROC | AUPRC | "
+             "Dice calibrated | Dice best possible |", "| --- " * 8 + "|"]
+    for r in results["rows"]:
+        lines.append(f"| {r['method']} | {r['network_evals_per_slice']} | {r['seconds_per_volume']:.2f} | "
+                     f"{r['peak_memory_mb']:.0f} ({r['memory_kind']}) | {r['auroc']:.3f} | {r['auprc']:.3f} | "
+                     f"{r['dice_calibrated']:.3f} | {r['dice_best_possible']:.3f} |")
+    lines.append(f"| FLAIR threshold | 0 | - | - | {results['rows'][0]['baseline_auroc']:.3f} | - | - | - |")
+    lines += ["", "| training | stage | samples / s | share of time waiting on data |", "| --- | --- | --- | --- |"]
+    for mode, stages in results["training"].items():
+        for stage, t in stages.items():
+            lines.append(f"| {mode} | {stage} | {t['samples_per_s']:.1f} | {t['data_wait_fraction']:.1%} |")
+    lines += ["", "| one `anodiff detect` on 240x240x155x4 | load + preprocess s | network s | "
+                  "post-process + write s | total s | network share |", "| --- " * 6 + "|"]
+    for name, t in results["detect_split"].items():
+        lines.append(f"| {name} | {t['load_preprocess_s']:.2f} | {t['network_s']:.2f} | "
+                     f"{t['postprocess_write_s']:.2f} | {t['total_s']:.2f} | {t['network_share']:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
