@@ -181,6 +181,7 @@ class AnomalyConfig:
     extra_t0: tuple[int, ...] = ()  # further noise levels; the residuals of all levels are averaged
     sampler: Literal["ddim", "ddpm"] = "ddim"  # ddpm: the full reverse chain from t0, for reference
     num_inference_steps: int = 10  # DDIM steps from t0 back to 0
+    eta: float = 0.0  # DDIM noise: 0 deterministic; 1 fresh noise at each step, as in the DDPM reverse chain
     num_draws: int = 1  # reconstructions averaged per noise level (different noise draws)
     median_size: int = 3  # median filter on the map, in voxels of the network grid; 0 or 1: off
     brain_erosion: int = 1  # voxels eroded from the brain mask before scoring
@@ -194,6 +195,8 @@ class AnomalyConfig:
             raise ConfigError(f"anomaly.t0 and anomaly.extra_t0 must be >= 1, got {self.t0}, {self.extra_t0}")
         if self.num_inference_steps < 1:
             raise ConfigError(f"anomaly.num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if not 0 <= self.eta <= 1:
+            raise ConfigError(f"anomaly.eta must be in [0, 1], got {self.eta}")
         if not 0 < self.fpr < 1:
             raise ConfigError(f"anomaly.fpr must be in (0, 1), got {self.fpr}")
 

@@ -92,7 +92,7 @@ def score_slices(
     for t0 in levels:
         for _ in range(cfg.num_draws):
             x_hat = reconstruct(network, x_0, scheduler, config.scheduler, t0=t0, num_steps=cfg.num_inference_steps,
-                                generator=generator, clip=space.clip)
+                                generator=generator, clip=space.clip, eta=cfg.eta)
             recon_sum += space.decode(x_hat)
             evals += cfg.num_inference_steps if cfg.sampler == "ddim" else t0 + 1
     recon = recon_sum / (len(levels) * cfg.num_draws)

@@ -145,12 +145,13 @@ def reconstruct(
     num_steps: int,
     generator: torch.Generator | None = None,
     clip: bool = True,
+    eta: float = 0.0,
 ) -> torch.Tensor:
     """Noise ``x_0`` (B, C, *S) to ``t0`` and denoise it back.
 
-    DDIM takes ``num_steps`` network evaluations; DDPM takes ``t0 + 1``. Returns
-    the reconstruction (B, C, *S), clamped to [-1, 1] when ``clip`` (pixels);
-    deterministic given ``generator``.
+    DDIM takes ``num_steps`` network evaluations (``eta`` > 0 adds fresh noise at
+    each step); DDPM takes ``t0 + 1``. Returns the reconstruction (B, C, *S),
+    clamped to [-1, 1] when ``clip`` (pixels); deterministic given ``generator``.
     """
     timesteps = inference_timesteps(scheduler, t0, num_steps)
     if not timesteps:
@@ -159,13 +160,17 @@ def reconstruct(
     start = torch.full((x_0.shape[0],), timesteps[0], dtype=torch.long, device=x_0.device)
     x_t = scheduler.add_noise(original_samples=x_0, noise=eps, timesteps=start)
     x_hat = x_t
+    step_generator = generator
+    if generator is not None and x_0.device.type != "cpu":  # the schedulers draw on the sample's device
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        step_generator = torch.Generator(device=x_0.device).manual_seed(seed)
     for t in timesteps:
         t_batch = torch.full((x_0.shape[0],), t, dtype=torch.long, device=x_0.device)
         output = denoiser(x_t, t_batch).float()
-        if isinstance(scheduler, DDIMScheduler):
-            x_t, x_hat = scheduler.step(output, t, x_t)  # x_hat: the x_0 predicted at this step
+        if isinstance(scheduler, DDIMScheduler):  # x_hat: the x_0 predicted at this step
+            x_t, x_hat = scheduler.step(output, t, x_t, eta=eta, generator=step_generator)
         else:
-            x_t, x_hat = scheduler.step(output, t, x_t, generator=generator)
+            x_t, x_hat = scheduler.step(output, t, x_t, generator=step_generator)
     # DDIM's last visited t is the step ratio: its predicted x_0 is the result (no extra pass).
     x_hat = x_hat if isinstance(scheduler, DDIMScheduler) else x_t
     return x_hat.clamp(-1, 1) if clip else x_hat

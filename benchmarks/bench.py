@@ -6,7 +6,8 @@ On one machine, in one run:
 2. a DDPM and an LDM trained at the same small budget (``configs/bench.yaml``);
    training samples/s and the share of time spent waiting on data, from each run;
 3. ``anodiff evaluate`` of the DDPM with the full DDPM reverse chain from ``t0`` and
-   with DDIM in K steps, and of the LDM with DDIM: seconds per volume, peak memory
+   with DDIM in K steps (stochastic, ``eta`` 1, as the recipe sets it; and K = 10 with
+   eta 0), and of the LDM with DDIM: seconds per volume, peak memory
    (the process's peak RSS on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU),
    Dice and AUROC side by side; each threshold recalibrated for its setting;
 4. the time split of one ``anodiff detect`` call on a BraTS-sized case
@@ -168,13 +169,15 @@ def main() -> None:
     rows = [evaluate(anodiff, out, "ddpm", "DDPM full reverse", device, ["anomaly.sampler=ddpm"])]
     rows += [evaluate(anodiff, out, "ddpm", f"DDIM-{k}", device, [f"anomaly.num_inference_steps={k}"])
              for k in args.steps]
+    rows.append(evaluate(anodiff, out, "ddpm", "DDIM-10, eta 0 (deterministic)", device,
+                         ["anomaly.num_inference_steps=10", "anomaly.eta=0"]))
     rows.append(evaluate(anodiff, out, "ldm", "LDM DDIM-10", device, ["anomaly.num_inference_steps=10"]))
 
     case = brats_sized_case(anodiff, out)
     splits = {"bench DDPM (DDIM-10)": detect_split(out / "ddpm", case, device)}
     recipe_steps = args.recipe_steps or (1 if machine(device).startswith("CPU") else 10)
-    splits[f"ddpm2d.yaml network (DDIM-{recipe_steps})"] = detect_split(
-        untrained_default_model(out, case, recipe_steps), case, device)
+    splits[f"ddpm2d.yaml network (DDIM-{recipe_steps})"] = detect_split(  # no warm-up: the network dominates
+        untrained_default_model(out, case, recipe_steps), case, device, repeats=1)
 
     results = {"machine": machine(device), "rows": rows, "training": training, "detect_split": splits,
                "seconds": time.perf_counter() - began}
