@@ -31,21 +31,18 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init_from_env(device: str) -> torch.device:
-    """Join the process group torchrun describes; returns this rank's device (``device`` when single)."""
-    if not launched() or dist.is_initialized():
-        return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                            "cpu" if device == "auto" else device)
-    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        chosen = torch.device("cuda", local)
-    else:
-        chosen = torch.device("cpu")
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    log.info("rank %d of %d on %s", rank(), world_size(), chosen)
-    return chosen
+def init_from_env(device: torch.device) -> torch.device:
+    """Join the process group torchrun describes; returns this rank's device.
+
+    ``device`` is the one asked for; on CUDA each rank takes the GPU of its ``LOCAL_RANK``.
+    """
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        log.info("rank %d of %d on %s", rank(), world_size(), device)
+    return device
 
 
 def shutdown() -> None:

@@ -24,8 +24,9 @@ import os
 import re
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,18 +164,29 @@ def write_volume(
     if suffix is None:
         raise DataError(f"{path}: unknown output format (use one of {', '.join(IMAGE_SUFFIXES)})")
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh name in the same folder (same file system, so the rename is atomic);
-    # not mkstemp, whose 0600 mode would stick to the final file.
-    tmp = path.with_name(f".{path.name[: -len(suffix)]}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
-    try:
+    # Not mkstemp, whose 0600 mode would stick to the final file.
+    with replaced_atomically(path, suffix=suffix) as tmp:
         if suffix in NIFTI_SUFFIXES:
             _write_nifti(data.astype(dtype), tmp, like)
         else:
             _write_with_sitk(data.astype(dtype), tmp, like.affine)
+    return path
+
+
+@contextmanager
+def replaced_atomically(path: Path, *, suffix: str = "") -> Iterator[Path]:
+    """A temporary name beside ``path`` to write to; renamed onto ``path`` if the block succeeds, removed if not.
+
+    The name is ``.<name>.<8 hex>.tmp<suffix>`` in the same folder (the same file
+    system, so the rename is atomic); ``suffix`` keeps a format-telling ending.
+    """
+    stem = path.name[: len(path.name) - len(suffix)]
+    tmp = path.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
+    try:
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
 
 
 def normal_file_mode() -> int:

@@ -11,8 +11,6 @@ Loading parses YAML with ``safe_load``, JSON, and safetensors: it never unpickle
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from anodiff.autoencoder import LatentSpace
 from anodiff.config import RunConfig, build, config_to_dict
 from anodiff.diffusion import PixelSpace, Space
 from anodiff.errors import CheckpointError, ConfigError
+from anodiff.io import replaced_atomically
 from anodiff.models import build_autoencoder, build_network
 
 WEIGHTS, META, CONFIG, AUTOENCODER = "model.safetensors", "meta.json", "config.yaml", "autoencoder.safetensors"
@@ -51,13 +50,8 @@ def versions() -> dict[str, str]:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write to a temporary name in the same folder, then rename into place."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with replaced_atomically(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, content: dict) -> None:

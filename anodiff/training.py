@@ -23,19 +23,19 @@ import math
 import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from anodiff import distributed
 from anodiff.config import TrainConfig
 from anodiff.errors import CheckpointError
-from anodiff.io import normal_file_mode
+from anodiff.io import normal_file_mode, replaced_atomically
 
 log = logging.getLogger(__name__)
 
@@ -183,13 +183,9 @@ def save_checkpoint(path: Path, network: nn.Module, ema, optimizer, *, step: int
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """save_file to a temporary name in the same folder, then rename into place."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with replaced_atomically(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
         os.chmod(tmp, normal_file_mode())  # safetensors creates 0600 files
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(folder: Path) -> None:
@@ -199,24 +195,19 @@ def remove_stale_temporaries(folder: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def read_safetensors_metadata(path: Path) -> dict[str, str]:
+def read_safetensors_metadata(path: Path, *, what: str = "weights file") -> dict[str, str]:
     """The JSON-string metadata of a safetensors file (no tensors read)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as handle:
             return handle.metadata() or {}
     except Exception as err:  # safetensors raises several types for a damaged file
-        raise CheckpointError(f"{path}: unreadable weights file ({err})") from err
+        raise CheckpointError(f"{path}: unreadable {what} ({err})") from err
 
 
 def load_checkpoint(path: Path, network: nn.Module, ema, optimizer, *, config_text: str = "") -> int:
     """Restore a checkpoint into the given objects; returns the step it was taken at."""
-    from safetensors import safe_open
-
+    metadata = read_safetensors_metadata(path, what="checkpoint")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
         tensors = load_file(str(path))
     except Exception as err:  # safetensors raises several types for a damaged file
         raise CheckpointError(f"{path}: unreadable checkpoint ({err})") from err

@@ -193,9 +193,9 @@ def preview_inputs(dataset, count: int = 4) -> torch.Tensor:
 def encode_dataset(space: Space, dataset, batch_size: int = 64) -> torch.Tensor:
     """x_0 of every input of ``dataset`` in ``space``: (N, C', *S'), on the CPU."""
     chunks = []
+    device = next(space.autoencoder.parameters()).device
     for start in range(0, len(dataset), batch_size):
         images = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))])
-        device = next(space.autoencoder.parameters()).device
         chunks.append(space.encode(images.to(device)).float().cpu())
     return torch.cat(chunks)
 
@@ -371,7 +371,8 @@ def save_samples(network, preview: torch.Tensor, config: RunConfig, folder: Path
     """The sample PNGs of a training step: reconstructions and, for an LDM, images generated from noise."""
     save_reconstruction_grid(network, preview, config, folder / f"{step:07d}.png", space=space)
     if isinstance(space, LatentSpace):
-        latent_shape = space.encode(preview.to(next(network.parameters()).device)).shape
+        factor = config.autoencoder.downsampling
+        latent_shape = (len(preview), config.autoencoder.latent_channels, *(s // factor for s in preview.shape[2:]))
         save_generated_grid(network, space, config, latent_shape, folder / f"{step:07d}_generated.png")
 
 

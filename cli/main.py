@@ -155,7 +155,7 @@ def train(
     out = out or Path("runs") / (config.stem if config else "ddpm2d")
     chosen = pick_device(device)
     if distributed.launched():
-        chosen = distributed.init_from_env(device)
+        chosen = distributed.init_from_env(chosen)
     try:
         if distributed.is_main():
             if out.exists() and any(out.iterdir()) and not (resume or overwrite):
