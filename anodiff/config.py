@@ -57,11 +57,13 @@ class ModelConfig:
     """The denoising network, a MONAI ``DiffusionModelUNet``.
 
     ``kind``: ``ddpm`` diffuses pixels; ``ldm`` diffuses the latents of the
-    autoencoder described in the ``autoencoder`` section (trained first).
+    autoencoder described in the ``autoencoder`` section (trained first);
+    ``segdiff`` diffuses segmentation masks conditioned on the image (supervised,
+    see the ``segmentation`` section).
     ``spatial_dims``: 2 works on axial slices, 3 on whole (resized) volumes.
     """
 
-    kind: Literal["ddpm", "ldm"] = "ddpm"
+    kind: Literal["ddpm", "ldm", "segdiff"] = "ddpm"
     spatial_dims: Literal[2, 3] = 2
     channels: tuple[int, ...] = (32, 64, 128)
     attention_levels: tuple[bool, ...] = (False, False, True)
@@ -201,6 +203,59 @@ class AnomalyConfig:
             raise ConfigError(f"anomaly.fpr must be in (0, 1), got {self.fpr}")
 
 
+# Named regions of the BraTS label schemes (2015: 1 necrosis, 2 oedema, 3 non-enhancing,
+# 4 enhancing; 2021: 1, 2, 4): label values each region holds. Any other region is
+# given as its values joined by '+', e.g. "1+4".
+NAMED_REGIONS = {"whole": (1, 2, 3, 4), "core": (1, 3, 4), "enhancing": (4,)}
+
+
+def region_labels(region: str) -> tuple[int, ...]:
+    """The label values a region holds: a named region, or values joined by '+' ("1+4")."""
+    if region in NAMED_REGIONS:
+        return NAMED_REGIONS[region]
+    try:
+        values = tuple(int(v) for v in region.split("+"))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise ConfigError(f"segmentation.regions: {region!r} is neither one of {sorted(NAMED_REGIONS)} "
+                          "nor label values joined by '+' (e.g. '1+4')")
+    return values
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentationConfig:
+    """The supervised mode (``model.kind: segdiff``, see :mod:`anodiff.segmentation`).
+
+    Each region is one channel of the diffused mask; regions may overlap (BraTS's
+    whole tumour holds the core, which holds the enhancing part).
+    """
+
+    regions: tuple[str, ...] = ("whole",)  # whole, core, enhancing, or label values joined by '+'
+    lesion_fraction: float = 0.5  # share of each training batch drawn from slices that hold a label voxel
+    samples: int = 5  # masks drawn per scan and fused
+    num_inference_steps: int = 10  # DDIM steps from pure noise to a mask
+    eta: float = 0.0  # DDIM noise (0: each sample is fixed by its initial noise)
+    fusion: Literal["mean", "majority", "staple"] = "mean"
+    uncertainty: Literal["std", "entropy"] = "std"
+    threshold: float = 0.5  # on the fused probability
+    min_component_mm3: float = 0.0  # connected components smaller than this are removed from the mask
+    reference: bool = True  # also train a plain MONAI UNet on the same batches, for comparison
+    batch_size: int = 64  # slices per network call at inference (divided among the samples)
+
+    def __post_init__(self) -> None:
+        if not self.regions or len(set(self.regions)) != len(self.regions):
+            raise ConfigError(f"segmentation.regions must be distinct and not empty, got {list(self.regions)}")
+        for region in self.regions:
+            region_labels(region)
+        if not 0 <= self.lesion_fraction <= 1:
+            raise ConfigError(f"segmentation.lesion_fraction must be in [0, 1], got {self.lesion_fraction}")
+        if self.samples < 1 or self.num_inference_steps < 1 or self.batch_size < 1:
+            raise ConfigError("segmentation.samples, num_inference_steps and batch_size must be >= 1")
+        if not 0 <= self.eta <= 1 or not 0 < self.threshold < 1:
+            raise ConfigError("segmentation.eta must be in [0, 1] and segmentation.threshold in (0, 1)")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """A whole recipe: one field per section."""
@@ -211,9 +266,11 @@ class RunConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
     def __post_init__(self) -> None:
-        if max((self.anomaly.t0, *self.anomaly.extra_t0)) >= self.scheduler.num_train_timesteps:
+        detects = self.model.kind != "segdiff"  # the anomaly section is unused by the supervised mode
+        if detects and max((self.anomaly.t0, *self.anomaly.extra_t0)) >= self.scheduler.num_train_timesteps:
             raise ConfigError(
                 f"anomaly.t0 ({self.anomaly.t0}) must be below scheduler.num_train_timesteps "
                 f"({self.scheduler.num_train_timesteps})"
@@ -232,6 +289,8 @@ class RunConfig:
                                   "autoencoder.discriminator_layers")
             if ae.batch_size < 2:
                 raise ConfigError("autoencoder.batch_size must be >= 2 with the adversary on (batch norm)")
+        if self.model.kind == "segdiff" and self.model.spatial_dims != 2:
+            raise ConfigError("model.kind: segdiff works on 2D slices; set model.spatial_dims: 2")
         if self.scheduler.noise == "simplex" and (self.model.spatial_dims == 3 or self.model.kind == "ldm"):
             raise ConfigError("scheduler.noise: simplex is for 2D pixel-space DDPMs; use gaussian or coarse")
 

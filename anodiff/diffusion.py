@@ -18,6 +18,7 @@ from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
+from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
@@ -93,7 +94,10 @@ class DenoisingObjective(nn.Module):
     """The DDPM training objective around ``network``: MSE between its output and the target at a random t.
 
     ``forward(batch, generator=, step=)``: the batch holds ``x0`` (B, C, *S), images
-    in [-1, 1] or scaled latents. A module, so that DistributedDataParallel can wrap it.
+    in [-1, 1], scaled latents or masks in [-1, 1], and optionally ``condition``
+    (B, C', *S), joined to x_t as extra input channels (MONAI ``DiffusionInferer``,
+    mode "concat": SegDiff's image conditioning). A module, so that
+    DistributedDataParallel can wrap it.
     """
 
     def __init__(self, network: nn.Module, scheduler: DDPMScheduler | DDIMScheduler, cfg: SchedulerConfig) -> None:
@@ -107,14 +111,18 @@ class DenoisingObjective(nn.Module):
         x_0 = batch["x0"]
         eps = make_noise(x_0, cfg, generator=generator)
         t = torch.randint(0, cfg.num_train_timesteps, (x_0.shape[0],), generator=generator).to(x_0.device)
-        x_t = self.scheduler.add_noise(original_samples=x_0, noise=eps, timesteps=t)
+        if "condition" in batch:
+            output = DiffusionInferer(self.scheduler)(inputs=x_0, diffusion_model=self.network, noise=eps,
+                                                      timesteps=t, condition=batch["condition"], mode="concat")
+        else:
+            output = self.network(self.scheduler.add_noise(original_samples=x_0, noise=eps, timesteps=t), t)
         if cfg.prediction_type == "epsilon":
             target = eps
         elif cfg.prediction_type == "sample":
             target = x_0
         else:
             target = self.scheduler.get_velocity(x_0, eps, t)
-        return F.mse_loss(self.network(x_t, t).float(), target.float())
+        return F.mse_loss(output.float(), target.float())
 
 
 def inference_timesteps(scheduler: DDIMScheduler | DDPMScheduler, t0: int, num_steps: int) -> list[int]:
@@ -174,6 +182,32 @@ def reconstruct(
     # DDIM's last visited t is the step ratio: its predicted x_0 is the result (no extra pass).
     x_hat = x_hat if isinstance(scheduler, DDIMScheduler) else x_t
     return x_hat.clamp(-1, 1) if clip else x_hat
+
+
+def conditioned(network: nn.Module, condition: torch.Tensor) -> Denoiser:
+    """The denoiser (x_t, t) -> network([x_t, condition], t): image conditioning by concatenation."""
+    return lambda x_t, t: network(torch.cat([x_t, condition], dim=1), t)
+
+
+def generate(
+    denoiser: Denoiser,
+    shape: tuple[int, ...],
+    scheduler: DDIMScheduler | DDPMScheduler,
+    cfg: SchedulerConfig,
+    *,
+    num_steps: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    eta: float = 0.0,
+) -> torch.Tensor:
+    """A sample (B, C, *S) in [-1, 1] drawn from pure noise in ``num_steps`` DDIM steps.
+
+    The same loop as :func:`reconstruct`, from the last timestep: x_0 = 0 noised to
+    T - 1 is noise scaled by sqrt(1 - alphas_cumprod[T - 1]), i.e. pure noise.
+    """
+    blank = torch.zeros(shape, device=device)
+    return reconstruct(denoiser, blank, scheduler, cfg, t0=cfg.num_train_timesteps - 1, num_steps=num_steps,
+                       generator=generator, clip=True, eta=eta)
 
 
 # Gradient directions of 2D simplex noise (the x, y parts of Gustavson's grad3 table).

@@ -108,13 +108,13 @@ def summarize_method(scores: list[np.ndarray], truths: list[np.ndarray], *, cali
     return {
         "auroc_pooled": auroc(pooled_s, pooled_t),
         "auprc_pooled": auprc(pooled_s, pooled_t),
-        "auroc_per_volume_mean": _nanmean([per_case_auroc[i] for i in lesion_cases]),
+        "auroc_per_volume_mean": nanmean([per_case_auroc[i] for i in lesion_cases]),
         "dice_calibrated_pooled": dice(np.concatenate(masks), pooled_t),
-        "dice_calibrated_per_volume_mean": _nanmean([per_case_cal[i] for i in lesion_cases]),
-        "dice_calibrated_per_volume_std": _nanstd([per_case_cal[i] for i in lesion_cases]),
+        "dice_calibrated_per_volume_mean": nanmean([per_case_cal[i] for i in lesion_cases]),
+        "dice_calibrated_per_volume_std": nanstd([per_case_cal[i] for i in lesion_cases]),
         "dice_validation_best_pooled": dice(np.concatenate(val_masks), np.concatenate(val_truths)) if val_masks
         else float("nan"),
-        "dice_validation_best_per_volume_mean": _nanmean([per_case_val[i] for i in lesion_cases]),
+        "dice_validation_best_per_volume_mean": nanmean([per_case_val[i] for i in lesion_cases]),
         "dice_best_possible_pooled": best_dice,
         "threshold_calibrated": calibrated,
         "threshold_best_possible": best_t,
@@ -124,11 +124,11 @@ def summarize_method(scores: list[np.ndarray], truths: list[np.ndarray], *, cali
     }
 
 
-def _nanmean(values: list[float]) -> float:
+def nanmean(values: list[float]) -> float:
     values = [v for v in values if np.isfinite(v)]
     return float(np.mean(values)) if values else float("nan")
 
 
-def _nanstd(values: list[float]) -> float:
+def nanstd(values: list[float]) -> float:
     values = [v for v in values if np.isfinite(v)]
     return float(np.std(values)) if values else float("nan")

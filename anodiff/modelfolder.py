@@ -1,7 +1,8 @@
 """A trained model is a folder: ``config.yaml``, ``model.safetensors``, ``meta.json``.
 
 A latent diffusion model adds ``autoencoder.safetensors`` (stage 1); ``meta.json``
-then also holds the latent scale factor.
+then also holds the latent scale factor. A SegDiff model (``model.kind: segdiff``)
+may add ``reference.safetensors``, the plain UNet trained beside it for comparison.
 
 ``meta.json`` records the anodiff/torch/MONAI versions, the modalities, the
 preprocessing, the calibrated threshold(s) and a summary of the training data.
@@ -27,9 +28,10 @@ from anodiff.config import RunConfig, build, config_to_dict
 from anodiff.diffusion import PixelSpace, Space
 from anodiff.errors import CheckpointError, ConfigError
 from anodiff.io import replaced_atomically
-from anodiff.models import build_autoencoder, build_network
+from anodiff.models import build_autoencoder, build_network, build_reference_unet
 
 WEIGHTS, META, CONFIG, AUTOENCODER = "model.safetensors", "meta.json", "config.yaml", "autoencoder.safetensors"
+REFERENCE = "reference.safetensors"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class TrainedModel:
     meta: dict[str, Any]
     folder: Path
     space: Space = field(default_factory=PixelSpace)  # where it diffuses: pixels, or an autoencoder's latents
+    reference: nn.Module | None = None  # segdiff: the plain UNet trained beside it, when there is one
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -76,7 +79,8 @@ def save_model(folder: Path, config: RunConfig, network: nn.Module, meta: dict[s
 def discard_training_state(folder: Path) -> None:
     """Forget checkpoints and stage-1 weights, so training starts afresh (``anodiff train --overwrite``)."""
     for path in (folder / "checkpoint.safetensors", folder / AUTOENCODER,
-                 folder / "autoencoder" / "checkpoint.safetensors"):
+                 folder / "autoencoder" / "checkpoint.safetensors", folder / REFERENCE,
+                 folder / "reference" / "checkpoint.safetensors"):
         path.unlink(missing_ok=True)
 
 
@@ -102,9 +106,19 @@ def load_model(folder: str | Path, *, device: torch.device | str = "cpu") -> Tra
         load_weights(autoencoder, folder / AUTOENCODER)
         space = LatentSpace(autoencoder.to(device), meta["latent_scale_factor"], config.autoencoder.kind)
         channels = config.autoencoder.latent_channels
-    network = build_network(config.model, in_channels=channels)
+    reference = None
+    if config.model.kind == "segdiff":
+        regions = len(config.segmentation.regions)
+        network = build_network(config.model, in_channels=regions + channels, out_channels=regions)
+        if (folder / REFERENCE).is_file():
+            reference = build_reference_unet(config.model, in_channels=channels, out_channels=regions)
+            load_weights(reference, folder / REFERENCE)
+            reference = reference.to(device).eval()
+    else:
+        network = build_network(config.model, in_channels=channels)
     load_weights(network, folder / WEIGHTS)
-    return TrainedModel(config=config, network=network.to(device).eval(), meta=meta, folder=folder, space=space)
+    return TrainedModel(config=config, network=network.to(device).eval(), meta=meta, folder=folder, space=space,
+                        reference=reference)
 
 
 def load_weights(network: nn.Module, path: Path) -> None:

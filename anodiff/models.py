@@ -1,11 +1,11 @@
-"""Networks built from config, all MONAI's: the denoiser, the autoencoder, the discriminator.
+"""Networks built from config, all MONAI's: the denoiser, the autoencoder, the discriminator, a plain UNet.
 
 No schedules, losses or sampling here.
 """
 
 from __future__ import annotations
 
-from monai.networks.nets import VQVAE, AutoencoderKL, DiffusionModelUNet, PatchDiscriminator
+from monai.networks.nets import VQVAE, AutoencoderKL, DiffusionModelUNet, PatchDiscriminator, UNet
 from torch import nn
 
 from anodiff.config import AutoencoderConfig, ModelConfig
@@ -63,6 +63,22 @@ def build_discriminator(cfg: AutoencoderConfig, *, spatial_dims: int, in_channel
         in_channels=in_channels,
         channels=cfg.discriminator_channels,
         num_layers_d=cfg.discriminator_layers,
+    )
+
+
+def build_reference_unet(cfg: ModelConfig, *, in_channels: int, out_channels: int) -> nn.Module:
+    """The supervised reference beside SegDiff: a plain MONAI UNet with the denoiser's widths and depth.
+
+    images (B, in_channels, *S) -> logits (B, out_channels, *S).
+    """
+    return UNet(
+        spatial_dims=cfg.spatial_dims,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        channels=cfg.channels,
+        strides=(2,) * (len(cfg.channels) - 1),
+        num_res_units=cfg.num_res_blocks,
+        norm="instance",
     )
 
 

@@ -36,6 +36,7 @@ from anodiff.evaluation import size_bin, summarize_method
 from anodiff.io import read_volume, strip_image_suffix, write_volume
 from anodiff.modelfolder import AUTOENCODER, META, TrainedModel, load_model, load_weights, save_model
 from anodiff.models import build_autoencoder, build_discriminator, build_network, count_parameters
+from anodiff.segmentation import segment
 from anodiff.training import CHECKPOINT, fit, read_safetensors_metadata, remove_stale_temporaries, write_safetensors
 
 log = logging.getLogger(__name__)
@@ -454,46 +455,65 @@ class DetectOutcome:
     timings: dict | None = None
 
 
+Outputs = Callable[[Case], dict[str, Path | None]]
+
+
 def detect_cases(
     model: TrainedModel,
     cases: list[Case],
-    outputs: Callable[[Case], tuple[Path, Path | None]],
+    outputs: Outputs,
     *,
     threshold: float | None = None,
     overwrite: bool = False,
     seed: int = 0,
+    samples: int | None = None,
     progress: Progress | None = None,
 ) -> list[DetectOutcome]:
-    """Detect on every case; a failing case is reported and the others still run.
+    """Detect (or, for a segdiff model, segment) every case; a failing case is reported and the others still run.
 
-    ``outputs(case)`` gives (mask path, map path or None). Nothing is written for a
-    failed case; existing files are kept unless ``overwrite``.
+    ``outputs(case)`` gives the paths to write, by name: ``mask`` (required), ``map``
+    (anomaly map, or fused probability) and ``uncertainty`` (segdiff), None for
+    not wanted. A per-region map of a multi-region model goes to one file per
+    region (``<name>_<region>``). Nothing is written for a failed case; existing
+    files are kept unless ``overwrite``.
     """
-    chosen = threshold if threshold is not None else model.config.anomaly.threshold
-    chosen = chosen if chosen is not None else model.meta.get("threshold")
-    if chosen is None:
+    segdiff = model.config.model.kind == "segdiff"
+    chosen = threshold if threshold is not None else (None if segdiff else model.config.anomaly.threshold)
+    chosen = chosen if chosen is not None or segdiff else model.meta.get("threshold")
+    if chosen is None and not segdiff:
         raise DataError(f"{model.folder}: the model has no calibrated threshold; pass --threshold")
+    if samples is not None and not segdiff:
+        raise DataError(f"{model.folder}: a {model.config.model.kind} model draws no samples; --samples and "
+                        "--uncertainty are for segdiff models")
     outcomes = []
     for index, case in enumerate(cases):
-        mask_path, map_path = outputs(case)
         clock = time.perf_counter()
         written: list[Path] = []
-        fresh = [t for t in (mask_path, map_path) if t is not None and not t.exists()]
+        fresh: list[Path] = []
         try:
+            targets = output_files(outputs(case), model)
+            fresh = [t for t in targets.values() if not t.exists()]
             case = match_modalities(case, model)
             inputs = {p.resolve() for p in case.images.values()}
-            for target in (mask_path, map_path):
-                if target is not None and target.resolve() in inputs:
+            for target in targets.values():
+                if target.resolve() in inputs:
                     raise DataError(f"{target}: output path equals an input; choose another --out")
-                if target is not None and target.exists() and not overwrite:
+                if target.exists() and not overwrite:
                     raise DataError(f"{target}: already exists (pass --overwrite to replace it)")
-            result = detect(model.network, model.config, case, model.modalities, threshold=chosen,
-                            space=model.space, generator=torch.Generator().manual_seed(seed))
+            generator = torch.Generator().manual_seed(seed)
+            if segdiff:
+                result = segment(model.network, model.config, case, model.modalities, samples=samples,
+                                 threshold=chosen, generator=generator)
+                arrays = {"mask": result.mask, **per_region("map", result.probability, model),
+                          **per_region("uncertainty", result.uncertainty, model)}
+            else:
+                result = detect(model.network, model.config, case, model.modalities, threshold=chosen,
+                                space=model.space, generator=generator)
+                arrays = {"mask": result.mask, "map": result.score_map}
             writing = time.perf_counter()
-            written.append(write_volume(result.mask, mask_path, like=result.reference, dtype=np.uint8,
-                                        overwrite=overwrite))
-            if map_path is not None:
-                written.append(write_volume(result.score_map, map_path, like=result.reference, dtype=np.float32,
+            for name, target in targets.items():
+                dtype = np.uint8 if name == "mask" else np.float32
+                written.append(write_volume(arrays[name], target, like=result.reference, dtype=dtype,
                                             overwrite=overwrite))
             timings = {**result.timings, "write_s": time.perf_counter() - writing}
             outcomes.append(DetectOutcome(case.id, written, seconds=time.perf_counter() - clock, timings=timings))
@@ -501,13 +521,39 @@ def detect_cases(
             if not isinstance(err, AnodiffError):
                 log.debug("case %s failed", case.id, exc_info=True)
                 err = f"unexpected {type(err).__name__}: {' '.join(str(err).split())} (run with -v for details)"
-            for path in written:  # no half-made case: a mask without the map it was asked with
+            for path in written:  # no half-made case: a mask without the maps it was asked with
                 if path in fresh:
                     path.unlink(missing_ok=True)
             outcomes.append(DetectOutcome(case.id, [], error=str(err)))
         if progress is not None:
             progress(index + 1, len(cases), case.id)
     return outcomes
+
+
+def output_files(wanted: dict[str, Path | None], model: TrainedModel) -> dict[str, Path]:
+    """The files one case writes: ``wanted`` less the unwanted, a map per region for a multi-region model."""
+    if model.config.model.kind != "segdiff" and wanted.get("uncertainty") is not None:
+        raise DataError(f"{model.folder}: a {model.config.model.kind} model has no uncertainty map; "
+                        "--uncertainty is for segdiff models")
+    files = {}
+    for name, path in wanted.items():
+        if path is None:
+            continue
+        if name != "mask" and model.config.model.kind == "segdiff" and len(model.config.segmentation.regions) > 1:
+            suffix = path.name[len(strip_image_suffix(path)):]
+            for region in model.config.segmentation.regions:
+                files[f"{name}_{region}"] = path.with_name(f"{strip_image_suffix(path)}_{region}{suffix}")
+        else:
+            files[name] = path
+    return files
+
+
+def per_region(name: str, maps: np.ndarray, model: TrainedModel) -> dict[str, np.ndarray]:
+    """(R, X, Y, Z) maps by output name: ``name`` for one region, ``name_<region>`` for several."""
+    regions = model.config.segmentation.regions
+    if len(regions) == 1:
+        return {name: maps[0]}
+    return {f"{name}_{region}": m for region, m in zip(regions, maps)}
 
 
 # ---------------------------------------------------------------- evaluate

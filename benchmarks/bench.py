@@ -125,7 +125,7 @@ def detect_split(model_dir: Path, case: Path, device: str, repeats: int = 2) -> 
     [found] = discover(case.parent).cases
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeats):
-            [outcome] = detect_cases(model, [found], lambda c: (Path(tmp) / "mask.nii.gz", None), overwrite=True)
+            [outcome] = detect_cases(model, [found], lambda c: {"mask": Path(tmp) / "mask.nii.gz"}, overwrite=True)
     if outcome.error:
         raise SystemExit(f"detect failed on {case}: {outcome.error}")
     t = outcome.timings

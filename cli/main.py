@@ -143,15 +143,20 @@ def train(
 ) -> None:
     """Train a diffusion model on healthy data, calibrate its threshold, write a model folder.
 
+    With a segdiff recipe (model.kind: segdiff) it trains the supervised mode instead: SegDiff on the labelled
+    cases of --data, and a plain UNet on the same batches for comparison.
+
     Multi-GPU or multi-node: start it with torchrun (`torchrun --nproc-per-node 4 -m anodiff.cli train ...`);
     each process trains on its share of the cases, and rank 0 writes the model folder.
     """
     from anodiff import distributed
     from anodiff.modelfolder import discard_training_state
+    from anodiff.supervised import train_segmentation
     from anodiff.training import pick_device
     from anodiff.workflows import train_model
 
     run = _config(config, overrides, steps)
+    trainer = train_segmentation if run.model.kind == "segdiff" else train_model
     out = out or Path("runs") / (config.stem if config else "ddpm2d")
     chosen = pick_device(device)
     if distributed.launched():
@@ -166,10 +171,13 @@ def train(
         if not distributed.is_main():  # one voice: the other ranks only warn
             logging.getLogger("anodiff").setLevel(logging.WARNING)
         with progress_bar("training", disable=not distributed.is_main()) as progress:
-            model = train_model(data, run, out, device=chosen, resume=resume, progress=progress)
+            model = trainer(data, run, out, device=chosen, resume=resume, progress=progress)
     finally:
         distributed.shutdown()
-    if model is not None:
+    if model is not None and run.model.kind == "segdiff":
+        reference = " and its UNet reference" if model.reference is not None else ""
+        stdout.print(f"SegDiff model{reference} written to {out} (regions: {', '.join(run.segmentation.regions)})")
+    elif model is not None:
         stdout.print(f"model written to {out} (threshold {model.meta['threshold']:.4g} at "
                      f"{model.config.anomaly.fpr:.1%} healthy FPR)")
 
@@ -181,17 +189,28 @@ def detect(
     model: Annotated[Path, typer.Option("--model", "-m", help="Model folder from `anodiff train`.")] = Path(
         "runs/ddpm2d"),
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Mask file (one case) or output folder.")] = None,
-    map_out: Annotated[Path | None, typer.Option("--map", help="Anomaly map file (one case).")] = None,
+    map_out: Annotated[Path | None, typer.Option(
+        "--map", help="Anomaly map, or a segdiff model's fused probability (one case).")] = None,
+    uncertainty: Annotated[Path | None, typer.Option(
+        help="segdiff: uncertainty map across the samples (one case).")] = None,
+    samples: Annotated[int | None, typer.Option(
+        help="segdiff: masks drawn and fused (default: the model's segmentation.samples).", min=1)] = None,
     flair: Annotated[Path | None, typer.Option(help="FLAIR scan of one case.")] = None,
     t1: Annotated[Path | None, typer.Option(help="T1 scan of one case.")] = None,
     t1ce: Annotated[Path | None, typer.Option(help="T1 contrast-enhanced scan of one case.")] = None,
     t2: Annotated[Path | None, typer.Option(help="T2 scan of one case.")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Override the calibrated threshold.")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        help="Override the calibrated threshold (segdiff: the one on the fused probability).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the noise draws (same seed, same mask).")] = 0,
 ) -> None:
-    """Write an anomaly mask (uint8) and optionally a map (float32) on each input's own grid."""
+    """Write an anomaly mask (uint8) and optionally a map (float32) on each input's own grid.
+
+    A segdiff model writes its fused segmentation instead (uint8: 0, or the 1-based index of the innermost
+    region found), and optionally the fused probability (--map) and the uncertainty (--uncertainty); with
+    several regions, one map per region (<name>_<region>).
+    """
     from anodiff.modelfolder import load_model
     from anodiff.training import pick_device
     from anodiff.workflows import detect_cases, resolve_cases
@@ -204,18 +223,21 @@ def detect(
     if out is None:
         raise fail("--out is required (a mask file for one case, a folder for several)")
     single = len(cases) == 1 and out.name.endswith((".nii", ".nii.gz", ".mha", ".nrrd"))
-    if not single and map_out is not None:
-        raise fail("--map names one file; with several cases, maps are written beside the masks in --out")
+    if not single and (map_out is not None or uncertainty is not None):
+        raise fail("--map and --uncertainty name one file; with several cases, maps are written beside the masks "
+                   "in --out")
+    segdiff = loaded.config.model.kind == "segdiff"
 
     def outputs(case):
         if single:
-            return out, map_out
+            return {"mask": out, "map": map_out, "uncertainty": uncertainty}
         name = case.id.replace("/", "_")
-        return out / f"{name}_mask.nii.gz", out / f"{name}_map.nii.gz"
+        return {"mask": out / f"{name}_mask.nii.gz", "map": out / f"{name}_map.nii.gz",
+                "uncertainty": out / f"{name}_uncertainty.nii.gz" if segdiff else None}
 
-    with progress_bar("detecting") as progress:
+    with progress_bar("segmenting" if segdiff else "detecting") as progress:
         outcomes = detect_cases(loaded, cases, outputs, threshold=threshold, overwrite=overwrite, seed=seed,
-                                progress=progress)
+                                samples=samples, progress=progress)
     failures = [o for o in outcomes if o.error]
     for o in outcomes:
         if not o.error:
@@ -234,15 +256,33 @@ def evaluate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("report"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the noise draws.")] = 0,
+    samples: Annotated[int | None, typer.Option(
+        help="segdiff: masks drawn and fused (default: the model's segmentation.samples).", min=1)] = None,
     overrides: Annotated[list[str] | None, typer.Argument(
         help="anomaly.* settings to try (e.g. anomaly.t0=400); the threshold is recalibrated.")] = None,
 ) -> None:
-    """Dice (three named thresholds), AUROC and AUPRC beside a FLAIR intensity-threshold baseline."""
+    """Dice (three named thresholds), AUROC and AUPRC beside a FLAIR intensity-threshold baseline.
+
+    For a segdiff model: Dice, HD95, AUROC and AUPRC per region for SegDiff (1 and N samples) beside its UNet
+    reference, Dice against the number of samples fused, and the uncertainty on, inside and outside lesion borders.
+    """
     from anodiff.modelfolder import load_model
+    from anodiff.supervised import evaluate_segmentation
     from anodiff.training import pick_device
     from anodiff.workflows import evaluate_model, with_anomaly_settings
 
     loaded = load_model(model, device=pick_device(device))
+    if loaded.config.model.kind == "segdiff":
+        if overrides:
+            raise fail("anomaly.* settings are for the unsupervised models; a segdiff model takes --samples")
+        with progress_bar("evaluating") as progress:
+            report = evaluate_segmentation(loaded, data, out, samples=samples, seed=seed, progress=progress)
+        print_segmentation_report(report)
+        stdout.print(f"report: {out / 'summary.md'}, {out / 'report.json'}, {out / 'per_case.csv'}, "
+                     f"{out / 'overlays'}/")
+        return
+    if samples is not None:
+        raise fail(f"{model}: --samples is for segdiff models")
     with progress_bar("recalibrating", transient=True) as progress:
         loaded = with_anomaly_settings(loaded, overrides or [], progress=progress)
     with progress_bar("evaluating") as progress:
@@ -275,6 +315,28 @@ def print_report(report: dict) -> None:
             sub.add_row(group, str(values["cases"]), *[
                 f"{values[f'{n}: dice_calibrated']:.3f} / {values[f'{n}: auroc']:.3f}" for n in report["methods"]])
         stdout.print(sub)
+
+
+def print_segmentation_report(report: dict) -> None:
+    table = Table(title=f"{report['num_cases']} cases ({report['num_lesion_cases']} with lesions); "
+                        f"{report['samples']} samples x {report['network_evals_per_slice_and_sample']} DDIM steps")
+    for column in ("method", "region", "Dice per-vol", "Dice pooled", "HD95 mm", "AUROC", "AUPRC", "s/volume"):
+        table.add_column(column)
+    for name, figures in report["methods"].items():
+        seconds = figures["seconds_per_volume"]
+        for region in report["regions"]:
+            m = figures[region]
+            table.add_row(name, region, f"{m['dice_per_volume_mean']:.3f} ± {m['dice_per_volume_std']:.3f}",
+                          f"{m['dice_pooled']:.3f}", f"{m['hd95_mm_mean']:.1f}", f"{m['auroc_pooled']:.3f}",
+                          f"{m['auprc_pooled']:.3f}", "-" if seconds is None else f"{seconds:.1f}")
+    stdout.print(table)
+    curve = report["dice_by_samples"]
+    stdout.print("Dice by samples fused: " + ", ".join(
+        f"{k}: {d:.3f}" for k, d in zip(curve["k"], curve["dice_per_volume_mean"])))
+    for key, what in (("uncertainty_by_zone", "true lesion"), ("uncertainty_by_predicted_zone", "segmentation")):
+        for region, zones in report[key].items():
+            stdout.print(f"uncertainty ({region}, zones of the {what}): border {zones['border']:.4f}, "
+                         f"inside {zones['inside']:.4f}, outside {zones['outside']:.4f}")
 
 
 def main() -> None:

@@ -1,11 +1,15 @@
 """Leave-one-case-out on a handful of labelled BraTS cases (e.g. ../shared/data/brats2015-sample).
 
-For each case: train on the tumour-free axial slices of the others (one of them
-held out to calibrate the threshold), then evaluate on the left-out case beside
-the FLAIR baseline. Prints per-case figures and their mean. Inputs are linked,
-never copied.
+For each case: train on the others, then evaluate on the left-out case. With the
+default, unsupervised recipe, training uses the tumour-free axial slices of the
+others (one of them held out to calibrate the threshold) and the FLAIR baseline
+stands beside it; with a segdiff recipe, training uses the others' labels and the
+UNet reference stands beside it. Prints per-case figures and their mean. Inputs
+are linked, never copied.
 
     python examples/brats_leave_one_out.py ../shared/data/brats2015-sample --out runs/brats-loo
+    python examples/brats_leave_one_out.py ../shared/data/brats2015-sample --config configs/segdiff_brats_cpu.yaml \
+        --out runs/brats-loo-segdiff
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "brats_cpu.yaml"
 FIGURES = ("auroc", "auprc", "dice_calibrated", "dice_best_possible")
+SEGMENTATION_FIGURES = ("dice whole", "hd95 whole", "auroc whole", "auprc whole")
 
 
 def run(*command: str) -> None:
@@ -60,18 +65,22 @@ def main() -> None:
             str(fold / "report"))
         report = json.loads((fold / "report" / "report.json").read_text())
         (case_row,) = report["cases"]
-        rows.append({"case": held_out.name, "seconds_per_volume": report["seconds_per_volume"],
-                     **{k: v for k, v in case_row.items() if ": " in k}})
-    methods = sorted({k.split(": ")[0] for k in rows[0] if ": " in k})
+        seconds = {name: m.get("seconds_per_volume") for name, m in report["methods"].items()}
+        rows.append({"case": held_out.name, **{k: v for k, v in case_row.items() if ": " in k},
+                     **{f"{name}: s/volume": s for name, s in seconds.items() if s is not None}})
+    segdiff = report.get("kind") == "segdiff"
+    figures = SEGMENTATION_FIGURES + ("s/volume",) if segdiff else FIGURES
+    methods = list(dict.fromkeys(k.split(": ")[0] for k in rows[0] if ": " in k))
     print(f"\nleave-one-case-out on {len(cases)} cases ({time.perf_counter() - start:.0f} s); "
-          "calibrated = 1 % FPR on the held-out training case's tumour-free slices")
-    header = "| case | method | " + " | ".join(FIGURES) + " |"
-    lines = [header, "|" + " --- |" * (len(FIGURES) + 2)]
+          + ("whole tumour; SegDiff and a UNet trained on the other three cases' labels" if segdiff else
+             "calibrated = 1 % FPR on the held-out training case's tumour-free slices"))
+    header = "| case | method | " + " | ".join(figures) + " |"
+    lines = [header, "|" + " --- |" * (len(figures) + 2)]
     for method in methods:
         for row in rows:
             lines.append(f"| {row['case']} | {method} | "
-                         + " | ".join(f"{row[f'{method}: {f}']:.3f}" for f in FIGURES) + " |")
-        means = [np.nanmean([row[f"{method}: {f}"] for row in rows]) for f in FIGURES]
+                         + " | ".join(f"{row.get(f'{method}: {f}', np.nan):.3f}" for f in figures) + " |")
+        means = [np.nanmean([row.get(f"{method}: {f}", np.nan) for row in rows]) for f in figures]
         lines.append(f"| **mean** | {method} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
     table = "\n".join(lines)
     print(table)

@@ -48,7 +48,7 @@ def test_detect_reports_where_its_time_went(tiny_model, tiny_cohort, tmp_path):
     from anodiff.workflows import detect_cases
 
     case = discover(tiny_cohort).cases[0]
-    [outcome] = detect_cases(load_model(tiny_model), [case], lambda c: (tmp_path / "m.nii.gz", None))
+    [outcome] = detect_cases(load_model(tiny_model), [case], lambda c: {"mask": tmp_path / "m.nii.gz"})
     assert outcome.error is None
     parts = [outcome.timings[k] for k in ("preprocess_s", "network_s", "postprocess_s", "write_s")]
     assert all(p > 0 for p in parts) and sum(parts) <= outcome.seconds * 1.01

@@ -82,7 +82,8 @@ class SliceDataset(torch.utils.data.Dataset):
     """Axial 2D slices of cached, preprocessed volumes.
 
     Item: ``image`` (C, H, W) float32 in [0, 1], ``brain`` (1, H, W) in {0, 1},
-    ``label`` (1, H, W) in {0, 1} (whole lesion; zeros for unlabelled cases),
+    ``label`` (1, H, W) in {0, 1} (whole lesion; zeros for unlabelled cases), or
+    with ``regions`` (R, H, W), one channel per region (the label values it holds),
     ``case_id`` and ``z``.
     """
 
@@ -93,9 +94,11 @@ class SliceDataset(torch.utils.data.Dataset):
         cfg: DataConfig,
         *,
         healthy_only: bool | None = None,
+        regions: tuple[tuple[int, ...], ...] | None = None,
         progress: ProgressFn | None = None,
     ) -> None:
         self.cases = list(cases)
+        self.regions = regions
         self.healthy_only = cfg.healthy_only if healthy_only is None else healthy_only
         with_label = any(c.label is not None for c in self.cases)
         with anodiff_errors():
@@ -126,11 +129,18 @@ class SliceDataset(torch.utils.data.Dataset):
             "case_id": self.cases[ref.volume].id,
             "z": ref.z,
         }
-        if LABEL in volume:
-            item[LABEL] = (volume[LABEL][..., ref.z] > 0).float()
+        label = volume[LABEL][..., ref.z] if LABEL in volume else torch.zeros_like(item[BRAIN])
+        if self.regions is None:
+            item[LABEL] = (label > 0).float()
         else:
-            item[LABEL] = torch.zeros_like(item[BRAIN])
+            item[LABEL] = torch.cat([torch.isin(label, torch.tensor(values, dtype=label.dtype)).float()
+                                     for values in self.regions])
         return item
+
+    def lesion_indices(self) -> list[int]:
+        """Indices of the slices that hold at least one label voxel."""
+        return [i for i, ref in enumerate(self.refs)
+                if LABEL in self.volumes[ref.volume] and bool((self.volumes[ref.volume][LABEL][..., ref.z] > 0).any())]
 
 
 class VolumeDataset(torch.utils.data.Dataset):
