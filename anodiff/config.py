@@ -241,6 +241,7 @@ class SegmentationConfig:
     threshold: float = 0.5  # on the fused probability
     min_component_mm3: float = 0.0  # connected components smaller than this are removed from the mask
     reference: bool = True  # also train a plain MONAI UNet on the same batches, for comparison
+    reference_channels: tuple[int, ...] | None = None  # its widths; None: the denoiser's, doubled (a like size)
     batch_size: int = 64  # slices per network call at inference (divided among the samples)
 
     def __post_init__(self) -> None:

@@ -111,7 +111,8 @@ def load_model(folder: str | Path, *, device: torch.device | str = "cpu") -> Tra
         regions = len(config.segmentation.regions)
         network = build_network(config.model, in_channels=regions + channels, out_channels=regions)
         if (folder / REFERENCE).is_file():
-            reference = build_reference_unet(config.model, in_channels=channels, out_channels=regions)
+            reference = build_reference_unet(config.model, config.segmentation.reference_channels,
+                                             in_channels=channels, out_channels=regions)
             load_weights(reference, folder / REFERENCE)
             reference = reference.to(device).eval()
     else:

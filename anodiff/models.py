@@ -66,18 +66,22 @@ def build_discriminator(cfg: AutoencoderConfig, *, spatial_dims: int, in_channel
     )
 
 
-def build_reference_unet(cfg: ModelConfig, *, in_channels: int, out_channels: int) -> nn.Module:
-    """The supervised reference beside SegDiff: a plain MONAI UNet with the denoiser's widths and depth.
+def build_reference_unet(cfg: ModelConfig, channels: tuple[int, ...] | None, *, in_channels: int,
+                         out_channels: int) -> nn.Module:
+    """The supervised reference beside SegDiff: a plain MONAI UNet, images (B, in_channels, *S) -> logits.
 
-    images (B, in_channels, *S) -> logits (B, out_channels, *S).
+    ``channels`` None: the denoiser's widths doubled, with two residual units per
+    level, which gives it about the denoiser's parameter count (a UNet with the
+    same widths would be ten times smaller, and an unfair reference).
     """
+    channels = channels or tuple(2 * c for c in cfg.channels)
     return UNet(
         spatial_dims=cfg.spatial_dims,
         in_channels=in_channels,
         out_channels=out_channels,
-        channels=cfg.channels,
-        strides=(2,) * (len(cfg.channels) - 1),
-        num_res_units=cfg.num_res_blocks,
+        channels=channels,
+        strides=(2,) * (len(channels) - 1),
+        num_res_units=2,
         norm="instance",
     )
 

@@ -234,7 +234,8 @@ def label_map(masks: np.ndarray) -> np.ndarray:
 
 
 class ReferenceObjective(torch.nn.Module):
-    """The UNet reference's loss: MONAI ``DiceCELoss`` (sigmoid, one channel per region).
+    """The UNet reference's loss: MONAI ``DiceCELoss`` (sigmoid, one channel per region; Dice over the
+    whole batch, as half of it are slices without lesion, whose own Dice is undefined).
 
     ``forward(batch, generator=, step=)``: the batch holds ``image`` (B, C, H, W) in
     [0, 1] and ``label`` (B, R, H, W) in {0, 1}. Same calling convention as the
@@ -244,7 +245,7 @@ class ReferenceObjective(torch.nn.Module):
     def __init__(self, network: torch.nn.Module) -> None:
         super().__init__()
         self.network = network
-        self.loss = DiceCELoss(sigmoid=True)
+        self.loss = DiceCELoss(sigmoid=True, batch=True)
 
     def forward(self, batch: dict, *, generator: torch.Generator | None = None, step: int = 0) -> torch.Tensor:
         return self.loss(self.network(batch["image"]).float(), batch["label"])

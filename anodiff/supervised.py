@@ -119,7 +119,8 @@ def train_segmentation(data: Path, config: RunConfig, out: Path, *, device: torc
     if cfg.reference:
         with torch.random.fork_rng():
             torch.manual_seed(config.train.seed)
-            unet = build_reference_unet(config.model, in_channels=len(modalities), out_channels=len(regions))
+            unet = build_reference_unet(config.model, cfg.reference_channels, in_channels=len(modalities),
+                                        out_channels=len(regions))
         log.info("UNet reference: %s parameters", f"{count_parameters(unet):,}")
         trained, result = fit(ReferenceObjective(unet), reference_batch, config.train, out / "reference",
                               device=device, resume=resume, config_text=identity,
@@ -138,6 +139,7 @@ def train_segmentation(data: Path, config: RunConfig, out: Path, *, device: torc
         on_sample=lambda step, ema: save_mask_grid(ema.network, preview, config, out / "samples" / f"{step:07d}.png"),
     )
     meta["training"] = fit_summary(result, config.train.num_steps, device)
+    meta["parameters"] = count_parameters(network)
     if not distributed.is_main():
         return None
     if reference is not None:
@@ -271,7 +273,9 @@ def segmentation_report(model: TrainedModel, data: Path, collected: dict, pooled
         if key == "unet" and not seconds["unet"]:
             continue  # trained without the reference
         # The single sample is read off the N-sample run, so it has no time of its own (about 1/N of it).
-        figures: dict = {"seconds_per_volume": None if key == "one" else float(np.mean(seconds[key]))}
+        figures: dict = {"seconds_per_volume": None if key == "one" else float(np.mean(seconds[key])),
+                         "parameters": (model.meta.get("reference", {}) if key == "unet" else model.meta).get(
+                             "parameters")}
         for region in cfg.regions:
             store = pooled[f"{key}/{region}"]
             per_case = [r[f"{name}: dice {region}"] for r in lesion_rows]
