@@ -366,12 +366,13 @@ def save_segmentation_overlay(path: Path, result: SegmentationResult, truth: np.
         (x0, y0), (x1, y1) = np.argwhere(near).min(0), np.argwhere(near).max(0) + 1
         margin = max(x1 - x0, y1 - y0) // 2 + 2
         box = (slice(max(0, x0 - margin), x1 + margin), slice(max(0, y0 - margin), y1 + margin))
-        crops = [np.rot90(t[box]) for t in tiles]
-        factor = max(1, rows[0].shape[0] // crops[0].shape[0])
-        zoomed = np.concatenate([c.repeat(factor, 0).repeat(factor, 1) for c in crops], axis=1)[: rows[0].shape[0]]
-        width = rows[0].shape[1]
-        zoomed = np.pad(zoomed[:, :width], ((0, rows[0].shape[0] - zoomed.shape[0]),
-                                            (0, max(0, width - zoomed.shape[1])), (0, 0)))
+        crops = np.concatenate([np.rot90(t[box]) for t in tiles], axis=1)
+        height, width = rows[0].shape[:2]
+        scale = min(height / crops.shape[0], width / crops.shape[1])
+        rows_at = np.minimum((np.arange(int(crops.shape[0] * scale)) / scale).astype(int), crops.shape[0] - 1)
+        cols_at = np.minimum((np.arange(int(crops.shape[1] * scale)) / scale).astype(int), crops.shape[1] - 1)
+        zoomed = crops[rows_at][:, cols_at]  # nearest-neighbour magnification
+        zoomed = np.pad(zoomed, ((0, height - zoomed.shape[0]), (0, width - zoomed.shape[1]), (0, 0)))
         rows.append(zoomed)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((np.concatenate(rows, axis=0) * 255).astype(np.uint8)).save(path)

@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/brats-loo"))
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--resume", action="store_true", help="Keep what earlier runs trained; train what is missing.")
     args = parser.parse_args()
     anodiff = str(Path(sys.executable).with_name("anodiff"))
     cases = sorted(p for p in args.data.iterdir() if p.is_dir())
@@ -60,7 +61,7 @@ def main() -> None:
         test = link_cases([held_out], fold / "test")
         steps = ["--steps", str(args.steps)] if args.steps else []
         run(anodiff, "-q", "train", "--data", str(train), "--config", str(args.config), "--out", str(fold / "model"),
-            "--overwrite", *steps)
+            "--resume" if args.resume else "--overwrite", *steps)
         run(anodiff, "-q", "evaluate", "--model", str(fold / "model"), "--data", str(test), "--out",
             str(fold / "report"))
         report = json.loads((fold / "report" / "report.json").read_text())
