@@ -120,8 +120,7 @@ def score_volume(
         if progress is not None:
             progress(1, 1)
         return GridScores(postprocess(residual[0], brain, cfg), brain, recon[0], evals, 1)
-    has_brain = brain[0].flatten(0, 1).amax(0) > 0
-    z_list = torch.nonzero(has_brain).flatten().tolist()
+    z_list = brain_slices(brain)
     score = torch.zeros_like(brain, dtype=torch.float32)
     recon = torch.zeros_like(image, dtype=torch.float32)
     evals = 0
@@ -134,6 +133,11 @@ def score_volume(
         if progress is not None:
             progress(min(start + cfg.batch_size, len(z_list)), len(z_list))
     return GridScores(postprocess(score, brain, cfg), brain, recon, evals, len(z_list))
+
+
+def brain_slices(brain: torch.Tensor) -> list[int]:
+    """Axial indices z of a (1, H, W, D) brain mask that hold any brain: the slices a 2D model runs on."""
+    return torch.nonzero(brain[0].flatten(0, 1).amax(0) > 0).flatten().tolist()
 
 
 def postprocess(score: torch.Tensor, brain: torch.Tensor, cfg: AnomalyConfig) -> torch.Tensor:

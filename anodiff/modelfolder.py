@@ -67,11 +67,10 @@ def save_model(folder: Path, config: RunConfig, network: nn.Module, meta: dict[s
     meta.json is what makes the folder a model: a run killed before it leaves a
     folder that ``load_model`` refuses, never weights paired with a stale meta.
     """
-    from anodiff.training import write_safetensors
+    from anodiff.training import state_tensors, write_safetensors
 
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    write_safetensors(tensors, folder / WEIGHTS)
+    write_safetensors(state_tensors(network), folder / WEIGHTS)
     write_text(folder / CONFIG, yaml.safe_dump(config_to_dict(config), sort_keys=False))
     write_json(folder / META, {**meta, "versions": versions()})
 

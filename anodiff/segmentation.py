@@ -31,7 +31,7 @@ from scipy import ndimage, special
 from anodiff.config import RunConfig
 from anodiff.data.cases import Case
 from anodiff.data.transforms import BRAIN, IMAGE, REFERENCE, to_input_grid
-from anodiff.detection import prepare, remove_small_components
+from anodiff.detection import brain_slices, prepare, remove_small_components
 from anodiff.diffusion import build_scheduler, conditioned, from_model_range, generate, to_model_range
 from anodiff.io import Volume
 
@@ -141,7 +141,7 @@ def sample_volume(network: torch.nn.Module, image: torch.Tensor, brain: torch.Te
     """
     regions = len(config.segmentation.regions)
     out = torch.zeros((samples, regions, *image.shape[1:]))
-    z_list = torch.nonzero(brain[0].flatten(0, 1).amax(0) > 0).flatten().tolist()
+    z_list = brain_slices(brain)
     per_call = max(1, config.segmentation.batch_size // samples)
     for start in range(0, len(z_list), per_call):
         zs = z_list[start : start + per_call]
@@ -158,7 +158,7 @@ def predict_volume(network: torch.nn.Module, image: torch.Tensor, brain: torch.T
                    batch_size: int = 64) -> torch.Tensor:
     """A plain segmentation network's probabilities (sigmoid) of one volume: (C, H, W, D) -> (R, H, W, D)."""
     device = next(network.parameters()).device
-    z_list = torch.nonzero(brain[0].flatten(0, 1).amax(0) > 0).flatten().tolist()
+    z_list = brain_slices(brain)
     out = None
     for start in range(0, len(z_list), batch_size):
         zs = z_list[start : start + batch_size]
@@ -182,6 +182,7 @@ def segment(
     threshold: float | None = None,
     generator: torch.Generator | None = None,
     predictor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    prepared: tuple | None = None,
     progress: ProgressFn | None = None,
 ) -> SegmentationResult:
     """Segment one case on its own grid (see the module doc).
@@ -189,13 +190,15 @@ def segment(
     ``samples`` and ``threshold`` default to the config's. ``predictor(image, brain)``
     replaces diffusion sampling by a plain network's probabilities (R, H, W, D),
     taken as a single sample (the UNet reference); it then has no uncertainty.
+    ``prepared``: the (chain, item) of :func:`~anodiff.detection.prepare` for this
+    case, when the caller already has it (then ``preprocess_s`` is 0).
     """
     cfg = config.segmentation
     samples = samples or cfg.samples
     threshold = cfg.threshold if threshold is None else threshold
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    chain, item = prepare(case, modalities, config.data, spatial_dims=2)
+    chain, item = prepared or prepare(case, modalities, config.data, spatial_dims=2)
     timings["preprocess_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

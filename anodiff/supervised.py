@@ -14,7 +14,6 @@ import time
 import warnings
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
@@ -26,6 +25,7 @@ from anodiff.config import RunConfig, config_to_dict, region_labels
 from anodiff.data.cases import discover, select_modalities
 from anodiff.data.datasets import SliceDataset
 from anodiff.data.transforms import IMAGE, LABEL
+from anodiff.detection import prepare
 from anodiff.diffusion import DenoisingObjective, build_scheduler, to_model_range
 from anodiff.errors import DataError
 from anodiff.evaluation import auprc, auroc, dice, nanmean, nanstd
@@ -42,12 +42,14 @@ from anodiff.segmentation import (
     sample_slices,
     segment,
 )
-from anodiff.training import fit, remove_stale_temporaries, write_safetensors
+from anodiff.training import fit, remove_stale_temporaries, state_tensors, write_safetensors
 from anodiff.workflows import (
     Progress,
     checkpoint_identity,
+    display_slice,
     fit_summary,
     match_modalities,
+    ras_view,
     save_grid,
     stage_progress,
 )
@@ -143,8 +145,7 @@ def train_segmentation(data: Path, config: RunConfig, out: Path, *, device: torc
     if not distributed.is_main():
         return None
     if reference is not None:
-        write_safetensors({k: v.detach().cpu().contiguous() for k, v in reference.state_dict().items()},
-                          out / REFERENCE)
+        write_safetensors(state_tensors(reference), out / REFERENCE)
     save_model(out, config, trained.network, meta)
     return load_model(out, device=device)
 
@@ -189,18 +190,21 @@ def evaluate_segmentation(model: TrainedModel, data: Path, out: Path, *, samples
     seconds: dict[str, list[float]] = {"segdiff": [], "unet": []}
     for index, case in enumerate(cases):
         clock = time.perf_counter()
+        prepared = prepare(case, model.modalities, model.config.data, spatial_dims=2)  # once, for both methods
+        preprocess_s = time.perf_counter() - clock
+        clock = time.perf_counter()
         result = segment(model.network, model.config, case, model.modalities, samples=samples,
-                         generator=torch.Generator().manual_seed(seed))
-        seconds["segdiff"].append(time.perf_counter() - clock)
+                         generator=torch.Generator().manual_seed(seed), prepared=prepared)
+        seconds["segdiff"].append(preprocess_s + time.perf_counter() - clock)
         truth = region_masks(read_volume(case.label, allow_constant=True).data, regions)
         outputs = {"segdiff": (result.probability, result.regions),
                    "one": (result.samples[0].astype(np.float32), result.samples[0] > cfg.threshold)}
         unet = None
         if model.reference is not None:
             clock = time.perf_counter()
-            unet = segment(model.network, model.config, case, model.modalities,
+            unet = segment(model.network, model.config, case, model.modalities, prepared=prepared,
                            predictor=lambda image, brain: predict_volume(model.reference, image, brain))
-            seconds["unet"].append(time.perf_counter() - clock)
+            seconds["unet"].append(preprocess_s + time.perf_counter() - clock)
             outputs["unet"] = (unet.probability, unet.regions)
         row = {"case": case.id, "lesion_ml": round(float(truth[0].sum() * np.prod(result.reference.spacing_mm))
                                                     / 1000, 2)}
@@ -343,15 +347,10 @@ def save_segmentation_overlay(path: Path, result: SegmentationResult, truth: np.
                               unet: SegmentationResult | None) -> None:
     """PNG of the slice with most lesion: image, fused probability, uncertainty, and outlines
     (green truth, red SegDiff, blue UNet reference) on the image; below, the same tiles zoomed on the lesion."""
-    ornt = nib.orientations.io_orientation(result.reference.affine)
-
-    def ras(volume: np.ndarray) -> np.ndarray:
-        return nib.orientations.apply_orientation(volume, ornt)
-
+    ras = ras_view(result.reference.affine)
     image, true, found = ras(result.reference.data), ras(truth.astype(np.uint8)) > 0, ras(result.regions[0]) > 0
     z = int(np.argmax(true.sum((0, 1)))) if true.any() else int(np.argmax(found.sum((0, 1))))
-    scale = np.percentile(image[image > 0], 99.5) if (image > 0).any() else 1.0
-    base = np.clip(image[..., z] / scale, 0, 1)
+    base = display_slice(image, z)
     spread = ras(result.uncertainty[0])[..., z]
     spread = np.clip(spread / max(float(spread.max()), 1e-6), 0, 1)
     drawn = np.stack([base] * 3, -1)

@@ -171,14 +171,18 @@ def start_log(path: Path, start: int) -> None:
 
 def save_checkpoint(path: Path, network: nn.Module, ema, optimizer, *, step: int, config_text: str) -> None:
     """Network, EMA and optimizer in one safetensors file, replaced atomically."""
-    tensors = {f"network.{k}": v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    tensors |= {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
+    tensors = state_tensors(network, "network.") | state_tensors(ema, "ema.")
     state = optimizer.state_dict()
     for index, values in state["state"].items():
         for name, value in values.items():
             tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
     metadata = {"step": str(step), "param_groups": json.dumps(state["param_groups"]), "config": config_text}
     write_safetensors(tensors, path, metadata)
+
+
+def state_tensors(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """A module's state as contiguous CPU tensors, keys optionally prefixed: what safetensors stores."""
+    return {f"{prefix}{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:

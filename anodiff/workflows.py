@@ -37,7 +37,14 @@ from anodiff.io import read_volume, strip_image_suffix, write_volume
 from anodiff.modelfolder import AUTOENCODER, META, TrainedModel, load_model, load_weights, save_model
 from anodiff.models import build_autoencoder, build_discriminator, build_network, count_parameters
 from anodiff.segmentation import segment
-from anodiff.training import CHECKPOINT, fit, read_safetensors_metadata, remove_stale_temporaries, write_safetensors
+from anodiff.training import (
+    CHECKPOINT,
+    fit,
+    read_safetensors_metadata,
+    remove_stale_temporaries,
+    state_tensors,
+    write_safetensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +250,7 @@ def train_autoencoder(train_set, modalities: tuple[str, ...], config: RunConfig,
     log.info("stage 1: %.1f samples/s, %.1f%% of the time waiting on data", result.samples_per_s,
              100 * result.data_fraction)
     if distributed.is_main():
-        write_safetensors({k: v.detach().cpu().contiguous() for k, v in autoencoder.state_dict().items()}, path,
+        write_safetensors(state_tensors(autoencoder), path,
                           {"identity": identity, "steps": str(cfg.num_steps),
                            "training": json.dumps(fit_summary(result, cfg.num_steps, device))})
         (out / CHECKPOINT).unlink(missing_ok=True)  # a stage-2 checkpoint belongs to the old latents
@@ -478,10 +485,12 @@ def detect_cases(
     files are kept unless ``overwrite``.
     """
     segdiff = model.config.model.kind == "segdiff"
-    chosen = threshold if threshold is not None else (None if segdiff else model.config.anomaly.threshold)
-    chosen = chosen if chosen is not None or segdiff else model.meta.get("threshold")
+    chosen = threshold  # segdiff: None means the config's threshold on the fused probability
     if chosen is None and not segdiff:
-        raise DataError(f"{model.folder}: the model has no calibrated threshold; pass --threshold")
+        chosen = model.config.anomaly.threshold
+        chosen = model.meta.get("threshold") if chosen is None else chosen
+        if chosen is None:
+            raise DataError(f"{model.folder}: the model has no calibrated threshold; pass --threshold")
     if samples is not None and not segdiff:
         raise DataError(f"{model.folder}: a {model.config.model.kind} model draws no samples; --samples and "
                         "--uncertainty are for segdiff models")
@@ -669,17 +678,24 @@ def markdown_summary(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ras_view(affine: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A function turning (X, Y, Z) volumes of this affine's grid into RAS voxel order, for display."""
+    ornt = nib.orientations.io_orientation(affine)
+    return lambda volume: nib.orientations.apply_orientation(volume, ornt)
+
+
+def display_slice(image: np.ndarray, z: int) -> np.ndarray:
+    """Axial slice z of a RAS volume scaled to [0, 1] by its 99.5th percentile inside the brain."""
+    scale = np.percentile(image[image > 0], 99.5) if (image > 0).any() else 1.0
+    return np.clip(image[..., z] / scale, 0, 1)
+
+
 def save_overlay(path: Path, image: np.ndarray, result: AnomalyResult, label: np.ndarray) -> None:
     """PNG: image, reconstruction, anomaly map, and outlines (red predicted, green true) on one axial slice."""
-    ornt = nib.orientations.io_orientation(result.reference.affine)
-
-    def ras(volume: np.ndarray) -> np.ndarray:
-        return nib.orientations.apply_orientation(volume, ornt)
-
+    ras = ras_view(result.reference.affine)
     img, score, mask, truth = ras(image), ras(result.score_map), ras(result.mask), ras(label.astype(np.uint8))
     z = int(np.argmax(truth.sum((0, 1)))) if truth.any() else int(np.argmax(score.sum((0, 1))))
-    scale = np.percentile(img[img > 0], 99.5) if (img > 0).any() else 1.0
-    base = np.clip(img[..., z] / scale, 0, 1)
+    base = display_slice(img, z)
     recon = np.zeros_like(base)
     if result.reconstruction is not None:  # shown inside the brain only, as it is scored
         recon = (ras(result.reconstruction[0]) * ras(result.brain))[..., z]
