@@ -1,4 +1,4 @@
-"""Multi-process training on torch.distributed, as ``torchrun`` starts it.
+"""Devices, and multi-process training on torch.distributed, as ``torchrun`` starts it.
 
 ``torchrun --nproc-per-node N -m anodiff.cli train ...`` sets ``WORLD_SIZE``,
 ``RANK`` and ``LOCAL_RANK``; :func:`init_from_env` then joins the process group
@@ -19,11 +19,23 @@ import torch
 import torch.distributed as dist
 from monai.data import partition_dataset
 
-from anodiff.errors import DataError
+from anodiff.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def pick_device(name: str) -> torch.device:
+    """The device ``--device`` names: ``auto`` (CUDA when torch sees it), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"--device {name!r}: not a device torch knows (auto, cpu, cuda or cuda:N)") from err
 
 
 def launched() -> bool:

@@ -117,9 +117,9 @@ def inspect(
 def _config(config: Path | None, overrides: list[str] | None, steps: int | None):
     from dataclasses import replace
 
-    from anodiff.config import load_config
+    from anodiff.methods import load_recipe
 
-    run = load_config(config, overrides or [])
+    run = load_recipe(config, overrides or [])
     if steps is not None:
         if steps < 1:
             raise fail("--steps must be at least 1")
@@ -149,16 +149,13 @@ def train(
     Multi-GPU or multi-node: start it with torchrun (`torchrun --nproc-per-node 4 -m anodiff.cli train ...`);
     each process trains on its share of the cases, and rank 0 writes the model folder.
     """
-    from anodiff import distributed
+    from anodiff import distributed, recipes
+    from anodiff.methods import method_for
     from anodiff.modelfolder import discard_training_state
-    from anodiff.supervised import train_segmentation
-    from anodiff.training import pick_device
-    from anodiff.workflows import train_model
 
     run = _config(config, overrides, steps)
-    trainer = train_segmentation if run.model.kind == "segdiff" else train_model
     out = out or Path("runs") / (config.stem if config else "ddpm2d")
-    chosen = pick_device(device)
+    chosen = distributed.pick_device(device)
     if distributed.launched():
         chosen = distributed.init_from_env(chosen)
     try:
@@ -171,15 +168,12 @@ def train(
         if not distributed.is_main():  # one voice: the other ranks only warn
             logging.getLogger("anodiff").setLevel(logging.WARNING)
         with progress_bar("training", disable=not distributed.is_main()) as progress:
-            model = trainer(data, run, out, device=chosen, resume=resume, progress=progress)
+            model = recipes.train(data, run, out, device=chosen, resume=resume, progress=progress)
     finally:
         distributed.shutdown()
-    if model is not None and run.model.kind == "segdiff":
-        reference = " and its UNet reference" if model.reference is not None else ""
-        stdout.print(f"SegDiff model{reference} written to {out} (regions: {', '.join(run.segmentation.regions)})")
-    elif model is not None:
-        stdout.print(f"model written to {out} (threshold {model.meta['threshold']:.4g} at "
-                     f"{model.config.anomaly.fpr:.1%} healthy FPR)")
+    if model is not None:
+        method = method_for(run.model.kind)
+        stdout.print(f"{method.kind} model written to {out} ({method.describe(model)})")
 
 
 @command
@@ -211,9 +205,10 @@ def detect(
     region found), and optionally the fused probability (--map) and the uncertainty (--uncertainty); with
     several regions, one map per region (<name>_<region>).
     """
-    from anodiff.modelfolder import load_model
-    from anodiff.training import pick_device
-    from anodiff.workflows import detect_cases, resolve_cases
+    from anodiff.distributed import pick_device
+    from anodiff.inference.cases import resolve_cases
+    from anodiff.methods import load_model, method_for
+    from anodiff.recipes import detect_cases
 
     per_modality = {k: v for k, v in {"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}.items() if v}
     if not inputs and not per_modality:
@@ -226,16 +221,15 @@ def detect(
     if not single and (map_out is not None or uncertainty is not None):
         raise fail("--map and --uncertainty name one file; with several cases, maps are written beside the masks "
                    "in --out")
-    segdiff = loaded.config.model.kind == "segdiff"
+    method = method_for(loaded.config.model.kind)
 
     def outputs(case):
         if single:
             return {"mask": out, "map": map_out, "uncertainty": uncertainty}
         name = case.id.replace("/", "_")
-        return {"mask": out / f"{name}_mask.nii.gz", "map": out / f"{name}_map.nii.gz",
-                "uncertainty": out / f"{name}_uncertainty.nii.gz" if segdiff else None}
+        return {"mask": out / f"{name}_mask.nii.gz", **{key: out / f"{name}_{key}.nii.gz" for key in method.outputs}}
 
-    with progress_bar("segmenting" if segdiff else "detecting") as progress:
+    with progress_bar(method.activity) as progress:
         outcomes = detect_cases(loaded, cases, outputs, threshold=threshold, overwrite=overwrite, seed=seed,
                                 samples=samples, progress=progress)
     failures = [o for o in outcomes if o.error]
@@ -266,77 +260,28 @@ def evaluate(
     For a segdiff model: Dice, HD95, AUROC and AUPRC per region for SegDiff (1 and N samples) beside its UNet
     reference, Dice against the number of samples fused, and the uncertainty on, inside and outside lesion borders.
     """
-    from anodiff.modelfolder import load_model
-    from anodiff.supervised import evaluate_segmentation
-    from anodiff.training import pick_device
-    from anodiff.workflows import evaluate_model, with_anomaly_settings
+    from anodiff.distributed import pick_device
+    from anodiff.methods import load_model
+    from anodiff.recipes import evaluate as evaluate_model
 
     loaded = load_model(model, device=pick_device(device))
-    if loaded.config.model.kind == "segdiff":
-        if overrides:
-            raise fail("anomaly.* settings are for the unsupervised models; a segdiff model takes --samples")
-        with progress_bar("evaluating") as progress:
-            report = evaluate_segmentation(loaded, data, out, samples=samples, seed=seed, progress=progress)
-        print_segmentation_report(report)
-        stdout.print(f"report: {out / 'summary.md'}, {out / 'report.json'}, {out / 'per_case.csv'}, "
-                     f"{out / 'overlays'}/")
-        return
-    if samples is not None:
-        raise fail(f"{model}: --samples is for segdiff models")
-    with progress_bar("recalibrating", transient=True) as progress:
-        loaded = with_anomaly_settings(loaded, overrides or [], progress=progress)
     with progress_bar("evaluating") as progress:
-        report = evaluate_model(loaded, data, out, seed=seed, progress=progress)
+        report = evaluate_model(loaded, data, out, seed=seed, samples=samples, overrides=overrides or [],
+                                progress=progress)
     print_report(report)
     stdout.print(f"report: {out / 'summary.md'}, {out / 'report.json'}, {out / 'per_case.csv'}, {out / 'overlays'}/")
 
 
-def print_report(report: dict) -> None:
-    table = Table(title=f"{report['num_cases']} cases ({report['num_lesion_cases']} with lesions); "
-                        f"{report['network_evals_per_slice']} network evals/slice, "
-                        f"{report['seconds_per_volume']:.1f} s/volume")
-    columns = ("method", "AUROC pooled", "AUPRC pooled", "Dice calibrated pooled", "Dice calibrated per-vol",
-               "Dice val-best pooled", "Dice best possible (bound)")
-    for column in columns:
-        table.add_column(column)
-    for name, m in report["methods"].items():
-        table.add_row(name, f"{m['auroc_pooled']:.3f}", f"{m['auprc_pooled']:.3f}",
-                      f"{m['dice_calibrated_pooled']:.3f}",
-                      f"{m['dice_calibrated_per_volume_mean']:.3f} ± {m['dice_calibrated_per_volume_std']:.3f}",
-                      f"{m['dice_validation_best_pooled']:.3f}", f"{m['dice_best_possible_pooled']:.3f}")
-    stdout.print(table)
-    for key, groups in report["breakdown"].items():
-        sub = Table(title=f"by lesion {key}: per-volume Dice (calibrated) / AUROC")
-        sub.add_column(key)
-        sub.add_column("cases")
-        for name in report["methods"]:
-            sub.add_column(name)
-        for group, values in groups.items():
-            sub.add_row(group, str(values["cases"]), *[
-                f"{values[f'{n}: dice_calibrated']:.3f} / {values[f'{n}: auroc']:.3f}" for n in report["methods"]])
-        stdout.print(sub)
-
-
-def print_segmentation_report(report: dict) -> None:
-    table = Table(title=f"{report['num_cases']} cases ({report['num_lesion_cases']} with lesions); "
-                        f"{report['samples']} samples x {report['network_evals_per_slice_and_sample']} DDIM steps")
-    for column in ("method", "region", "Dice per-vol", "Dice pooled", "HD95 mm", "AUROC", "AUPRC", "s/volume"):
-        table.add_column(column)
-    for name, figures in report["methods"].items():
-        seconds = figures["seconds_per_volume"]
-        for region in report["regions"]:
-            m = figures[region]
-            table.add_row(name, region, f"{m['dice_per_volume_mean']:.3f} ± {m['dice_per_volume_std']:.3f}",
-                          f"{m['dice_pooled']:.3f}", f"{m['hd95_mm_mean']:.1f}", f"{m['auroc_pooled']:.3f}",
-                          f"{m['auprc_pooled']:.3f}", "-" if seconds is None else f"{seconds:.1f}")
-    stdout.print(table)
-    curve = report["dice_by_samples"]
-    stdout.print("Dice by samples fused: " + ", ".join(
-        f"{k}: {d:.3f}" for k, d in zip(curve["k"], curve["dice_per_volume_mean"])))
-    for key, what in (("uncertainty_by_zone", "true lesion"), ("uncertainty_by_predicted_zone", "segmentation")):
-        for region, zones in report[key].items():
-            stdout.print(f"uncertainty ({region}, zones of the {what}): border {zones['border']:.4f}, "
-                         f"inside {zones['inside']:.4f}, outside {zones['outside']:.4f}")
+def print_report(report) -> None:
+    """The report's tables on stdout, as rich tables (summary.md holds the same, in Markdown)."""
+    stdout.print(f"[bold]{report.title}[/]")
+    for table in report.tables:
+        rendered = Table(title=table.title)
+        for column in table.columns:
+            rendered.add_column(column)
+        for row in table.rows:
+            rendered.add_row(*row)
+        stdout.print(rendered)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ voxel at all.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +21,11 @@ from monai.data import CacheDataset, PersistentDataset
 from anodiff.config import DataConfig
 from anodiff.data.cases import Case
 from anodiff.data.transforms import BRAIN, IMAGE, LABEL, anodiff_errors, case_item, preprocessing
+from anodiff.progress import Progress
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int, int], None]
+
 
 
 def volume_dataset(
@@ -93,13 +94,13 @@ class SliceDataset(torch.utils.data.Dataset):
         modalities: tuple[str, ...],
         cfg: DataConfig,
         *,
-        healthy_only: bool | None = None,
+        healthy_only: bool,
         regions: tuple[tuple[int, ...], ...] | None = None,
-        progress: ProgressFn | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.cases = list(cases)
         self.regions = regions
-        self.healthy_only = cfg.healthy_only if healthy_only is None else healthy_only
+        self.healthy_only = healthy_only
         with_label = any(c.label is not None for c in self.cases)
         with anodiff_errors():
             cached = volume_dataset(self.cases, modalities, cfg, with_label=with_label)
@@ -151,8 +152,7 @@ class VolumeDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, cases: Sequence[Case], modalities: tuple[str, ...], cfg: DataConfig, *,
-                 healthy_only: bool | None = None) -> None:
-        healthy_only = cfg.healthy_only if healthy_only is None else healthy_only
+                 healthy_only: bool) -> None:
         with_label = any(c.label is not None for c in cases)
         with anodiff_errors():
             cached = volume_dataset(list(cases), modalities, cfg, with_label=with_label, spatial_dims=3)

@@ -7,7 +7,7 @@ other cases are still summarised.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +15,7 @@ import numpy as np
 from anodiff.data.cases import Case, Discovery
 from anodiff.errors import DataError
 from anodiff.io import check_same_grid, read_volume
+from anodiff.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def summarize_case(case: Case) -> CaseSummary:
 
 
 def summarize(
-    discovery: Discovery, *, progress: Callable[[int, int], None] | None = None
+    discovery: Discovery, *, progress: Progress | None = None
 ) -> Iterator[CaseSummary | CaseProblem]:
     """Summaries of every case, or the problem that stops one being read; never stops early."""
     for index, case in enumerate(discovery.cases):

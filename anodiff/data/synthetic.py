@@ -39,7 +39,6 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -49,6 +48,7 @@ import numpy as np
 from scipy import ndimage
 
 from anodiff.errors import DataError
+from anodiff.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +359,7 @@ def write_cohort(
     kinds: tuple[str, ...] = LESION_KINDS,
     spacing_mm: float = 1.0,
     overwrite: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[CaseInfo]:
     """Write a synthetic cohort in the BraTS 2021 layout, plus ``cohort.json``.
 

@@ -1,4 +1,4 @@
-"""Metrics and reports, following the evaluation protocol of anodiff.
+"""Metrics and the three named thresholds of the evaluation protocol of anodiff.
 
 Every figure names its threshold and its averaging:
 
@@ -10,14 +10,20 @@ Every figure names its threshold and its averaging:
   voxels of the test set;
 * where: inside the brain mask only.
 
-Voxel-level AUROC/AUPRC come from scikit-learn. This module computes numbers from
-score maps and labels; it does not run any network.
+Voxel-level AUROC/AUPRC come from scikit-learn, HD95 from MONAI. This module
+computes numbers from score maps and labels; it does not run any network.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import torch
+from monai.metrics import compute_hausdorff_distance
 from sklearn.metrics import average_precision_score, roc_auc_score
+
+from anodiff.errors import DataError
 
 SIZE_BINS_ML = ((0.0, 1.0, "small (<1 ml)"), (1.0, 10.0, "medium (1-10 ml)"), (10.0, np.inf, "large (>10 ml)"))
 
@@ -39,6 +45,27 @@ def auprc(scores: np.ndarray, truth: np.ndarray) -> float:
     """Voxel average precision; NaN without positives."""
     truth = truth.astype(bool)
     return float(average_precision_score(truth, scores)) if 0 < truth.sum() < truth.size else float("nan")
+
+
+def hd95(mask: np.ndarray, truth: np.ndarray, spacing_mm) -> float:
+    """95th-percentile symmetric surface distance in mm (MONAI); NaN when either mask is empty."""
+    if not mask.any() or not truth.any():
+        return float("nan")
+    pred = torch.from_numpy(np.ascontiguousarray(mask))[None, None]
+    true = torch.from_numpy(np.ascontiguousarray(truth))[None, None]
+    with warnings.catch_warnings():  # MONAI warns about its own deprecated internal argument
+        warnings.simplefilter("ignore", FutureWarning)
+        distance = compute_hausdorff_distance(pred, true, include_background=True, percentile=95,
+                                              spacing=[float(s) for s in spacing_mm])
+    return float(distance.flatten()[0])
+
+
+def calibrate_threshold(healthy_scores: list[np.ndarray], fpr: float) -> float:
+    """The score quantile that flags ``fpr`` of healthy brain voxels (the label-free threshold)."""
+    values = np.concatenate([s.ravel() for s in healthy_scores])
+    if values.size == 0:
+        raise DataError("no healthy brain voxels to calibrate the threshold on")
+    return float(np.quantile(values, 1 - fpr))
 
 
 def dice_curve(scores: np.ndarray, truth: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -81,47 +108,6 @@ def leave_one_out_thresholds(scores: list[np.ndarray], truths: list[np.ndarray])
 
 def size_bin(lesion_ml: float) -> str:
     return next(name for lo, hi, name in SIZE_BINS_ML if lo <= lesion_ml < hi)
-
-
-def summarize_method(scores: list[np.ndarray], truths: list[np.ndarray], *, calibrated: float,
-                     masks_calibrated: list[np.ndarray] | None = None) -> dict:
-    """All figures of one method over the test cases (arrays: brain voxels of each case).
-
-    ``masks_calibrated`` are the final masks at the calibrated threshold (after
-    connected-component removal); without them the plain threshold is used.
-    """
-    pooled_s, pooled_t = np.concatenate(scores), np.concatenate(truths)
-    loo = leave_one_out_thresholds(scores, truths)
-    # The bound searches the validation-best thresholds too, so it is never below them.
-    candidates = np.unique(np.r_[candidate_thresholds(pooled_s), [t for t in loo if np.isfinite(t)]])
-    curve = dice_curve(pooled_s, pooled_t, candidates)
-    best_t, best_dice = float(candidates[int(np.argmax(curve))]), float(curve.max())
-    masks = masks_calibrated or [s > calibrated for s in scores]
-    per_case_cal = [dice(m, t) for m, t in zip(masks, truths)]
-    per_case_val = [dice(s > thr, t) if np.isfinite(thr) else float("nan") for s, t, thr in zip(scores, truths, loo)]
-    per_case_auroc = [auroc(s, t) for s, t in zip(scores, truths)]
-    per_case_auprc = [auprc(s, t) for s, t in zip(scores, truths)]
-    per_case_best = [best_threshold(s, t)[1] if t.any() else float("nan") for s, t in zip(scores, truths)]
-    val_masks = [s > thr for s, thr in zip(scores, loo) if np.isfinite(thr)]
-    val_truths = [t for t, thr in zip(truths, loo) if np.isfinite(thr)]
-    lesion_cases = [i for i, t in enumerate(truths) if t.any()]
-    return {
-        "auroc_pooled": auroc(pooled_s, pooled_t),
-        "auprc_pooled": auprc(pooled_s, pooled_t),
-        "auroc_per_volume_mean": nanmean([per_case_auroc[i] for i in lesion_cases]),
-        "dice_calibrated_pooled": dice(np.concatenate(masks), pooled_t),
-        "dice_calibrated_per_volume_mean": nanmean([per_case_cal[i] for i in lesion_cases]),
-        "dice_calibrated_per_volume_std": nanstd([per_case_cal[i] for i in lesion_cases]),
-        "dice_validation_best_pooled": dice(np.concatenate(val_masks), np.concatenate(val_truths)) if val_masks
-        else float("nan"),
-        "dice_validation_best_per_volume_mean": nanmean([per_case_val[i] for i in lesion_cases]),
-        "dice_best_possible_pooled": best_dice,
-        "threshold_calibrated": calibrated,
-        "threshold_best_possible": best_t,
-        "per_case": {"dice_calibrated": per_case_cal, "dice_validation_best": per_case_val,
-                     "auroc": per_case_auroc, "auprc": per_case_auprc, "dice_best_possible": per_case_best,
-                     "threshold_validation_best": loo},
-    }
 
 
 def nanmean(values: list[float]) -> float:

@@ -1,24 +1,13 @@
-"""Typed configuration: frozen dataclasses, read from YAML, changed by dotted overrides.
+"""The config's sections: one frozen dataclass each, nested in :class:`RunConfig`.
 
-One dataclass per section, nested in :class:`RunConfig`. The loader uses
-``yaml.safe_load`` (a config never runs code), rejects unknown keys naming the
-file, the dotted key and the nearest valid key, converts YAML lists to tuples
-and strings to paths, and resolves relative paths against the YAML file.
-Overrides (``train.lr=1e-4``) are parsed as YAML scalars and go through the same
-checks. ``__post_init__`` checks ranges, so an invalid config cannot exist.
+``__post_init__`` checks ranges, so an out-of-range section cannot exist.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
-
-import yaml
+from typing import Literal
 
 from anodiff.errors import ConfigError
 
@@ -34,7 +23,6 @@ class DataConfig:
     crop_margin: int = 2  # voxels kept around the brain's bounding box
     slice_range: tuple[float, float] = (0.0, 1.0)  # axial slices kept, as fractions of the brain's extent
     min_brain_fraction: float = 0.05  # slices with less brain than this share of the slice are dropped
-    healthy_only: bool = True  # keep only slices without a label voxel (unsupervised training)
     cache_dir: Path | None = None  # persistent cache of preprocessed volumes; None caches in memory
 
     def __post_init__(self) -> None:
@@ -56,14 +44,15 @@ class DataConfig:
 class ModelConfig:
     """The denoising network, a MONAI ``DiffusionModelUNet``.
 
-    ``kind``: ``ddpm`` diffuses pixels; ``ldm`` diffuses the latents of the
+    ``kind`` names the method (:mod:`anodiff.methods` keeps the table and checks
+    the name): ``ddpm`` diffuses pixels; ``ldm`` diffuses the latents of the
     autoencoder described in the ``autoencoder`` section (trained first);
     ``segdiff`` diffuses segmentation masks conditioned on the image (supervised,
     see the ``segmentation`` section).
     ``spatial_dims``: 2 works on axial slices, 3 on whole (resized) volumes.
     """
 
-    kind: Literal["ddpm", "ldm", "segdiff"] = "ddpm"
+    kind: str = "ddpm"
     spatial_dims: Literal[2, 3] = 2
     channels: tuple[int, ...] = (32, 64, 128)
     attention_levels: tuple[bool, ...] = (False, False, True)
@@ -149,6 +138,21 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SamplerConfig:
+    """How a sample is denoised (:mod:`anodiff.diffusion.sampler`), by detection and segmentation alike."""
+
+    kind: Literal["ddim", "ddpm"] = "ddim"  # ddpm: the full reverse chain, for reference
+    num_inference_steps: int = 10  # DDIM steps: from t0 back to 0 (detection), or from noise (segdiff)
+    eta: float = 0.0  # DDIM noise: 0 deterministic; 1 fresh noise at each step, as in the DDPM reverse chain
+
+    def __post_init__(self) -> None:
+        if self.num_inference_steps < 1:
+            raise ConfigError(f"sampler.num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if not 0 <= self.eta <= 1:
+            raise ConfigError(f"sampler.eta must be in [0, 1], got {self.eta}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """The training loop (shared by every mode)."""
 
@@ -163,7 +167,6 @@ class TrainConfig:
     sample_every: int = 1000  # PNG grid of reconstructions; 0 turns it off
     log_every: int = 50
     val_fraction: float = 0.2  # healthy cases held out for threshold calibration
-    num_workers: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -177,13 +180,10 @@ class TrainConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class AnomalyConfig:
-    """From reconstruction to mask (see :mod:`anodiff.detection`)."""
+    """From reconstruction to mask (see :mod:`anodiff.methods.scoring`); the sampler has its own section."""
 
     t0: int = 250  # noise level the scan is noised to, out of num_train_timesteps
     extra_t0: tuple[int, ...] = ()  # further noise levels; the residuals of all levels are averaged
-    sampler: Literal["ddim", "ddpm"] = "ddim"  # ddpm: the full reverse chain from t0, for reference
-    num_inference_steps: int = 10  # DDIM steps from t0 back to 0
-    eta: float = 0.0  # DDIM noise: 0 deterministic; 1 fresh noise at each step, as in the DDPM reverse chain
     num_draws: int = 1  # reconstructions averaged per noise level (different noise draws)
     median_size: int = 3  # median filter on the map, in voxels of the network grid; 0 or 1: off
     brain_erosion: int = 1  # voxels eroded from the brain mask before scoring
@@ -195,10 +195,6 @@ class AnomalyConfig:
     def __post_init__(self) -> None:
         if min((self.t0, *self.extra_t0)) < 1:
             raise ConfigError(f"anomaly.t0 and anomaly.extra_t0 must be >= 1, got {self.t0}, {self.extra_t0}")
-        if self.num_inference_steps < 1:
-            raise ConfigError(f"anomaly.num_inference_steps must be >= 1, got {self.num_inference_steps}")
-        if not 0 <= self.eta <= 1:
-            raise ConfigError(f"anomaly.eta must be in [0, 1], got {self.eta}")
         if not 0 < self.fpr < 1:
             raise ConfigError(f"anomaly.fpr must be in (0, 1), got {self.fpr}")
 
@@ -225,7 +221,8 @@ def region_labels(region: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True, kw_only=True)
 class SegmentationConfig:
-    """The supervised mode (``model.kind: segdiff``, see :mod:`anodiff.segmentation`).
+    """The supervised mode (``model.kind: segdiff``, see :mod:`anodiff.methods.segdiff`); masks are drawn
+    with the ``sampler`` section's settings.
 
     Each region is one channel of the diffused mask; regions may overlap (BraTS's
     whole tumour holds the core, which holds the enhancing part).
@@ -234,8 +231,6 @@ class SegmentationConfig:
     regions: tuple[str, ...] = ("whole",)  # whole, core, enhancing, or label values joined by '+'
     lesion_fraction: float = 0.5  # share of each training batch drawn from slices that hold a label voxel
     samples: int = 5  # masks drawn per scan and fused
-    num_inference_steps: int = 10  # DDIM steps from pure noise to a mask
-    eta: float = 0.0  # DDIM noise (0: each sample is fixed by its initial noise)
     fusion: Literal["mean", "majority", "staple"] = "mean"
     uncertainty: Literal["std", "entropy"] = "std"
     threshold: float = 0.5  # on the fused probability
@@ -251,180 +246,22 @@ class SegmentationConfig:
             region_labels(region)
         if not 0 <= self.lesion_fraction <= 1:
             raise ConfigError(f"segmentation.lesion_fraction must be in [0, 1], got {self.lesion_fraction}")
-        if self.samples < 1 or self.num_inference_steps < 1 or self.batch_size < 1:
-            raise ConfigError("segmentation.samples, num_inference_steps and batch_size must be >= 1")
-        if not 0 <= self.eta <= 1 or not 0 < self.threshold < 1:
-            raise ConfigError("segmentation.eta must be in [0, 1] and segmentation.threshold in (0, 1)")
+        if self.samples < 1 or self.batch_size < 1:
+            raise ConfigError("segmentation.samples and batch_size must be >= 1")
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"segmentation.threshold must be in (0, 1), got {self.threshold}")
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """A whole recipe: one field per section."""
+    """A whole recipe: one field per section. Checks that depend on ``model.kind`` belong to the
+    method (``validate`` in :mod:`anodiff.methods`), which every command applies after loading."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
-
-    def __post_init__(self) -> None:
-        detects = self.model.kind != "segdiff"  # the anomaly section is unused by the supervised mode
-        if detects and max((self.anomaly.t0, *self.anomaly.extra_t0)) >= self.scheduler.num_train_timesteps:
-            raise ConfigError(
-                f"anomaly.t0 ({self.anomaly.t0}) must be below scheduler.num_train_timesteps "
-                f"({self.scheduler.num_train_timesteps})"
-            )
-        factor = 2 ** (len(self.model.channels) - 1)
-        if self.model.kind == "ldm":
-            factor *= self.autoencoder.downsampling
-        if self.data.image_size % factor:
-            raise ConfigError(f"data.image_size ({self.data.image_size}) must be a multiple of {factor} "
-                              f"for these {self.model.kind} channels (each level halves the grid)")
-        ae = self.autoencoder
-        if self.model.kind == "ldm" and ae.adversarial_weight > 0:
-            if self.data.image_size < 2 ** (ae.discriminator_layers + 2):
-                raise ConfigError(f"data.image_size ({self.data.image_size}) is too small for a "
-                                  f"{ae.discriminator_layers}-layer discriminator; lower "
-                                  "autoencoder.discriminator_layers")
-            if ae.batch_size < 2:
-                raise ConfigError("autoencoder.batch_size must be >= 2 with the adversary on (batch norm)")
-        if self.model.kind == "segdiff" and self.model.spatial_dims != 2:
-            raise ConfigError("model.kind: segdiff works on 2D slices; set model.spatial_dims: 2")
-        if self.scheduler.noise == "simplex" and (self.model.spatial_dims == 3 or self.model.kind == "ldm"):
-            raise ConfigError("scheduler.noise: simplex is for 2D pixel-space DDPMs; use gaussian or coarse")
-
-
-# ---------------------------------------------------------------- loading
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML recipe (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
-    raw: dict[str, Any] = {}
-    source = "defaults"
-    base_dir = Path.cwd()
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        base_dir = path.parent
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path}: cannot read config as text ({err})") from err
-        except yaml.YAMLError as err:  # also a !!python tag: safe_load never constructs objects
-            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from err
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: a config must be a mapping of sections")
-    for item in overrides:
-        _set_dotted(raw, item)
-    return build(RunConfig, raw, source=source, base_dir=base_dir)
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A plain, YAML-safe dict (tuples as lists, paths as strings)."""
-
-    def plain(value: Any) -> Any:
-        if dataclasses.is_dataclass(value):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, (tuple, list)):
-            return [plain(v) for v in value]
-        if isinstance(value, Path):
-            return str(value)
-        return value
-
-    return plain(config)
-
-
-def save_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-
-
-def with_overrides(config: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
-    """Apply ``key=value`` overrides to an existing config (checked like a file)."""
-    raw = config_to_dict(config)
-    for item in overrides:
-        _set_dotted(raw, item)
-    return build(RunConfig, raw, source="overrides", base_dir=Path.cwd())
-
-
-def _set_dotted(raw: dict[str, Any], item: str) -> None:
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override '{item}': expected key=value, e.g. train.lr=1e-4")
-    node = raw
-    *parents, leaf = key.strip().split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override '{item}': '{part}' is not a section")
-    try:
-        node[leaf] = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override '{item}': not a valid value ({' '.join(str(err).split())})") from err
-
-
-def build(cls: type, raw: Any, *, source: str, base_dir: Path, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a raw mapping, checking keys and types."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'config'}' must be a mapping")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
-            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
-        kwargs[key] = _coerce(hints[key], value, source=source, base_dir=base_dir, key=f"{prefix}{key}")
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"{source}: {err}") from err
-
-
-def _coerce(hint: Any, value: Any, *, source: str, base_dir: Path, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        errors = []
-        for option in options:
-            try:
-                return _coerce(option, value, source=source, base_dir=base_dir, key=key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0])
-    if dataclasses.is_dataclass(hint):
-        return build(hint, value, source=source, base_dir=base_dir, prefix=f"{key}.")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{source}: '{key}' must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, source=source, base_dir=base_dir, key=key) for v in value)
-        if len(args) != len(value):
-            raise ConfigError(f"{source}: '{key}' must have {len(args)} items, got {len(value)}")
-        return tuple(_coerce(a, v, source=source, base_dir=base_dir, key=key) for a, v in zip(args, value))
-    if hint is Path:
-        if not isinstance(value, str):
-            raise ConfigError(f"{source}: '{key}' must be a path, got {value!r}")
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else base_dir / path
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if hint in (int, str, bool) and type(value) is hint:
-        return value
-    if hint is Any:
-        return value
-    raise ConfigError(f"{source}: '{key}' must be {getattr(hint, '__name__', hint)}, got {value!r}")

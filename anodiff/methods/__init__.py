@@ -1,0 +1,64 @@
+"""The method table: ``model.kind`` -> the one object that builds, trains, loads, predicts with, validates
+and evaluates that method (:class:`~anodiff.methods.base.Method`).
+
+The recipes, the model folder's loading and the CLI go through :func:`method_for`
+and never compare ``model.kind`` themselves. Adding a method = one module here
+(a :class:`~anodiff.methods.base.Method` subclass and its instance) and one
+entry in :data:`METHODS`; a method with settings of its own adds its section to
+:mod:`anodiff.config.sections`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from anodiff.config import RunConfig, build, load_config, upgrade_saved
+from anodiff.errors import CheckpointError, ConfigError
+from anodiff.methods.base import Method
+from anodiff.methods.ddpm import DDPM
+from anodiff.methods.ldm import LDM
+from anodiff.methods.segdiff import SEGDIFF
+from anodiff.modelfolder import TrainedModel, read_folder
+
+METHODS: dict[str, Method] = {method.kind: method for method in (DDPM, LDM, SEGDIFF)}
+
+
+def method_for(kind: str) -> Method:
+    """The method of ``model.kind``; ConfigError listing the known kinds otherwise."""
+    try:
+        return METHODS[kind]
+    except KeyError:
+        raise ConfigError(f"model.kind {kind!r} is not a method; choose one of {sorted(METHODS)}") from None
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """``config``, checked by its method (settings that only one method reads)."""
+    method_for(config.model.kind).validate(config)
+    return config
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A YAML recipe with overrides (:func:`anodiff.config.load_config`), checked by its method."""
+    return validate(load_config(path, overrides))
+
+
+def kinds_where(wanted) -> list[str]:
+    """The kinds whose method satisfies ``wanted(method)``, for messages that say which kinds offer an option."""
+    return [kind for kind, method in METHODS.items() if wanted(method)]
+
+
+def load_model(folder: str | Path, *, device: torch.device | str = "cpu") -> TrainedModel:
+    """Load a model folder through its method. Raises CheckpointError naming what is missing or wrong."""
+    folder = Path(folder)
+    raw, meta = read_folder(folder)
+    try:
+        kind = raw.get("model", {}).get("kind", "ddpm") if isinstance(raw, dict) else "ddpm"
+        method = method_for(kind)
+        if isinstance(raw, dict):
+            raw = upgrade_saved(raw, sampler_from=method.sampler_section)
+        config = validate(build(RunConfig, raw, source=str(folder / "config.yaml"), base_dir=folder))
+    except ConfigError as err:
+        raise CheckpointError(f"{folder}: unreadable config.yaml or meta.json ({' '.join(str(err).split())})") from err
+    return method.load(folder, config, meta, torch.device(device))

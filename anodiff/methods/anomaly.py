@@ -1,0 +1,275 @@
+"""Unsupervised detection, shared by ddpm and ldm: train a denoiser on healthy data, calibrate, predict.
+
+Training discovers the cases, splits them by case (train / calibration), trains
+the denoiser on healthy inputs (axial slices without a label voxel, or 3D
+lesion-free volumes) in the model's diffusion space, then calibrates the
+threshold on the held-out healthy cases, for anodiff and for the intensity
+baseline alike. Prediction is :func:`anodiff.methods.scoring.detect`. What an
+LDM adds (its autoencoder, its latent space) is :mod:`anodiff.methods.ldm`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from anodiff import distributed
+from anodiff.config import RunConfig, config_to_dict, with_overrides
+from anodiff.data.cases import Case, discover, select_modalities
+from anodiff.data.datasets import SliceDataset, VolumeDataset
+from anodiff.diffusion.sampler import build_scheduler
+from anodiff.diffusion.spaces import PixelSpace, Space, to_model_range
+from anodiff.errors import ConfigError, DataError
+from anodiff.evaluation.baseline import baseline_modality, baseline_score
+from anodiff.evaluation.metrics import calibrate_threshold
+from anodiff.evaluation.report import Report
+from anodiff.figures import save_grid
+from anodiff.inference.prediction import Prediction
+from anodiff.io import read_volume
+from anodiff.methods.base import Method, check_image_size, checkpoint_identity, preview_inputs, seeded
+from anodiff.methods.scoring import detect, score_slices
+from anodiff.modelfolder import WEIGHTS, TrainedModel, begin, save_model
+from anodiff.models import build_network, count_parameters
+from anodiff.progress import Progress, staged
+from anodiff.training.loop import fit
+from anodiff.training.objectives import DenoisingObjective
+from anodiff.weights import load_weights
+
+log = logging.getLogger(__name__)
+
+
+class AnomalyMethod(Method):
+    """A denoiser trained on healthy data; the residual of its reconstruction is the anomaly map."""
+
+    outputs = {"map": "score"}
+    sampler_section = "anomaly"
+    stage_name = ""  # the denoiser's stage in progress messages, when it has a stage before it
+
+    def validate(self, config: RunConfig) -> None:
+        check_image_size(config, 2 ** (len(config.model.channels) - 1) * self.downsampling(config))
+        if max((config.anomaly.t0, *config.anomaly.extra_t0)) >= config.scheduler.num_train_timesteps:
+            raise ConfigError(f"anomaly.t0 ({config.anomaly.t0}) must be below scheduler.num_train_timesteps "
+                              f"({config.scheduler.num_train_timesteps})")
+        if config.scheduler.noise == "simplex" and config.model.spatial_dims == 3:
+            raise ConfigError("scheduler.noise: simplex is for 2D pixel-space DDPMs; use gaussian or coarse")
+
+    def downsampling(self, config: RunConfig) -> int:
+        """How many times smaller, per axis, the diffused sample is than the image."""
+        return 1
+
+    def diffusion_space(self, train_set, held_out: list[Case], modalities: tuple[str, ...], config: RunConfig,
+                        out: Path, meta: dict, *, device: torch.device, resume: bool,
+                        progress: Progress | None) -> tuple[Space, torch.Tensor | None]:
+        """Where the denoiser trains, and its training inputs when they are not the images (latents)."""
+        return PixelSpace(), None
+
+    def train(self, data: Path, config: RunConfig, out: Path, *, device: torch.device, resume: bool = False,
+              progress: Progress | None = None) -> None:
+        found = discover(data)
+        if not found.cases:
+            raise DataError(f"{data}: no cases found")
+        modalities = select_modalities(found.cases, config.data.modalities)
+        train_cases, val_cases = split_cases(found.cases, config.train.val_fraction, config.train.seed)
+        # Under torchrun each rank preprocesses and trains on its own cases: disjoint samples.
+        rank_cases = distributed.partition(train_cases, config.train.seed)
+        train_set = healthy_dataset(rank_cases, modalities, config)
+        log.info("training on %d healthy %s of %d cases; %d cases held out for calibration", len(train_set),
+                 "slices" if config.model.spatial_dims == 2 else "volumes", len(rank_cases), len(val_cases))
+        begin(out)
+        meta = training_meta(self.kind, data, found.layouts, modalities, config, train_cases, val_cases, rank_cases,
+                             len(train_set))
+        space, latents = self.diffusion_space(train_set, val_cases, modalities, config, out, meta, device=device,
+                                              resume=resume, progress=progress)
+        network, result = self.train_denoiser(train_set, latents, space, modalities, config, out, device=device,
+                                              resume=resume, progress=progress)
+        meta["training"] = result.summary(config.train.num_steps, device)
+        if not distributed.is_main():
+            return
+        model = TrainedModel(config=config, network=network.eval(), meta=meta, folder=out, space=space)
+        meta |= calibrate(model, val_cases, progress=progress)
+        save_model(out, config, network, meta)
+
+    def train_denoiser(self, train_set, latents: torch.Tensor | None, space: Space, modalities: tuple[str, ...],
+                       config: RunConfig, out: Path, *, device: torch.device, resume: bool,
+                       progress: Progress | None):
+        """The denoiser, trained by the one loop on images in [-1, 1] or on scaled latents."""
+
+        def sample_batch(generator: torch.Generator) -> dict:
+            index = torch.randint(len(train_set), (config.train.batch_size,), generator=generator)
+            if latents is not None:
+                return {"x0": latents[index]}
+            return {"x0": to_model_range(torch.stack([train_set[int(i)]["image"] for i in index]))}
+
+        in_channels = len(modalities) if latents is None else latents.shape[1]
+        network = seeded(lambda: build_network(config.model, in_channels=in_channels), config.train.seed)
+        log.info("denoiser: %s parameters", f"{count_parameters(network):,}")
+        objective = DenoisingObjective(network, build_scheduler(config.scheduler, "ddpm"), config.scheduler)
+        preview = preview_inputs(train_set)
+        trained, result = fit(
+            objective, sample_batch, config.train, out, device=device, resume=resume,
+            config_text=checkpoint_identity(config), progress=staged(progress, self.stage_name),
+            on_sample=lambda step, ema: self.save_samples(ema.network, preview, config, out / "samples", step,
+                                                          space),
+        )
+        return trained.network, result
+
+    def save_samples(self, network, preview: torch.Tensor, config: RunConfig, folder: Path, step: int,
+                     space: Space) -> None:
+        """PNG rows of a training step: input, reconstruction and residual x 4 (first modality; 3D: mid slice)."""
+        network.eval()
+        residual, recon, _ = score_slices(network, preview, config, space=space,
+                                          generator=torch.Generator().manual_seed(0))
+        save_grid([preview[:, 0], recon[:, 0], (residual[:, 0] * 4).clamp(0, 1)], folder / f"{step:07d}.png")
+
+    def load(self, folder: Path, config: RunConfig, meta: dict[str, Any], device: torch.device) -> TrainedModel:
+        space = self.load_space(folder, config, meta, device)
+        network = build_network(config.model, in_channels=self.in_channels(config, meta))
+        load_weights(network, folder / WEIGHTS)
+        return TrainedModel(config=config, network=network.to(device).eval(), meta=meta, folder=folder, space=space)
+
+    def load_space(self, folder: Path, config: RunConfig, meta: dict[str, Any], device: torch.device) -> Space:
+        return PixelSpace()
+
+    def in_channels(self, config: RunConfig, meta: dict[str, Any]) -> int:
+        """Channels of the diffused sample: the modalities (pixels)."""
+        return len(meta["modalities"])
+
+    def describe(self, model: TrainedModel) -> str:
+        return f"threshold {model.meta['threshold']:.4g} at {model.config.anomaly.fpr:.1%} healthy FPR"
+
+    def threshold(self, model: TrainedModel, given: float | None) -> float:
+        chosen = given if given is not None else model.config.anomaly.threshold
+        chosen = model.meta.get("threshold") if chosen is None else chosen
+        if chosen is None:
+            raise DataError(f"{model.folder}: the model has no calibrated threshold; pass --threshold")
+        return chosen
+
+    def predict(self, model: TrainedModel, case: Case, *, threshold: float, generator: torch.Generator | None = None,
+                samples: int | None = None, detail: bool = False, prepared=None,
+                progress: Progress | None = None) -> Prediction:
+        return detect(model.network, model.config, case, model.modalities, threshold=threshold, space=model.space,
+                      generator=generator, detail=detail, progress=progress)
+
+    def evaluate(self, model: TrainedModel, data: Path, *, seed: int = 0, samples: int | None = None,
+                 overrides: list[str] | None = None, overlays: Path | None = None,
+                 progress: Progress | None = None) -> Report:
+        from anodiff.methods.anomaly_eval import evaluate_anomaly
+
+        model = with_anomaly_settings(model, overrides or [], progress=staged(progress, "recalibrating"))
+        return evaluate_anomaly(self, model, data, seed=seed, overlays=overlays, progress=progress)
+
+
+def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
+    """Train/validation split by case (seeded); at least one case on each side."""
+    if len(cases) < 2:
+        raise DataError(f"need at least 2 cases (one to train, one to calibrate on), found {len(cases)}")
+    order = np.random.default_rng(seed).permutation(len(cases))
+    num_val = min(max(1, int(round(len(cases) * val_fraction))), len(cases) - 1)
+    val = sorted(order[:num_val].tolist())
+    return [c for i, c in enumerate(cases) if i not in val], [cases[i] for i in val]
+
+
+def healthy_dataset(cases: list[Case], modalities: tuple[str, ...], config: RunConfig, *,
+                    allow_empty: bool = False) -> SliceDataset | VolumeDataset:
+    """Healthy training inputs: axial slices without a label voxel (2D), or lesion-free volumes (3D)."""
+    if config.model.spatial_dims == 3:
+        dataset = VolumeDataset(cases, modalities, config.data, healthy_only=True)
+        what = "lesion-free volumes (3D models train on healthy scans, e.g. IXI)"
+    else:
+        dataset = SliceDataset(cases, modalities, config.data, healthy_only=True)
+        what = "healthy slices (every slice holds a label voxel)"
+    if len(dataset) == 0 and not allow_empty:
+        raise DataError(f"no {what} among {len(cases)} training case(s)")
+    return dataset
+
+
+def training_meta(kind: str, data: Path, layouts, modalities: tuple[str, ...], config: RunConfig,
+                  train_cases: list[Case], val_cases: list[Case], rank_cases: list[Case], num_inputs: int) -> dict:
+    """What meta.json records of the data a detection model was trained and calibrated on."""
+    return {
+        "kind": kind,
+        "modalities": list(modalities),
+        "preprocessing": config_to_dict(config.data),
+        "training_data": {
+            "root": str(data.resolve()),
+            "train_cases": [c.id for c in train_cases],
+            "calibration_cases": [c.id for c in val_cases],
+            "cases_per_process": distributed.gather([c.id for c in rank_cases]),
+            "num_healthy_inputs": sum(distributed.gather(num_inputs)),
+            "layouts": list(layouts),
+        },
+    }
+
+
+def calibrate(model: TrainedModel, healthy_cases: list[Case], *, seed: int = 0,
+              progress: Progress | None = None) -> dict:
+    """Thresholds at the configured healthy false-positive rate, for anodiff and the intensity baseline.
+
+    Voxels used: brain voxels of the axial slices without any label voxel (the
+    same healthy definition as training), on the input grid, as detection sees them.
+    """
+    model_scores, baseline_scores = [], []
+    for index, case in enumerate(healthy_cases):
+        result = detect(model.network, model.config, case, model.modalities, threshold=np.inf, space=model.space,
+                        generator=torch.Generator().manual_seed(seed))
+        healthy = result.brain & healthy_slices(case, result.brain.shape)
+        model_scores.append(result.maps["score"][healthy])
+        image = baseline_image(case, model.modalities, result)
+        baseline_scores.append(baseline_score(image, result.brain)[healthy])
+        if progress is not None:
+            progress(index + 1, len(healthy_cases), f"calibrating {case.id}")
+    fpr = model.config.anomaly.fpr
+    return {
+        "threshold": calibrate_threshold(model_scores, fpr),
+        "baseline_threshold": calibrate_threshold(baseline_scores, fpr),
+        "calibration": {"fpr": fpr, "cases": [c.id for c in healthy_cases],
+                        "voxels": int(sum(s.size for s in model_scores))},
+    }
+
+
+def with_anomaly_settings(model: TrainedModel, overrides: list[str], *, progress: Progress | None = None
+                          ) -> TrainedModel:
+    """The model with ``anomaly.*`` / ``sampler.*`` overrides; thresholds recalibrated on its calibration cases.
+
+    A calibrated threshold belongs to the settings it was calibrated with (t0,
+    steps, filtering), so changing them without recalibrating would be dishonest.
+    """
+    if not overrides:
+        return model
+    bad = [o for o in overrides if not o.strip().startswith(("anomaly.", "sampler."))]
+    if bad:
+        raise ConfigError(f"only anomaly.* and sampler.* settings can change after training, not {bad[0]!r}")
+    changed = replace(model, config=with_overrides(model.config, overrides))
+    source = model.meta.get("training_data", {})
+    wanted = set(source.get("calibration_cases", []))
+    cases = [c for c in discover(source.get("root", "")).cases if c.id in wanted] if wanted else []
+    if not cases:
+        raise DataError(f"{model.folder}: calibration cases not found under {source.get('root')!r}; "
+                        "cannot recalibrate for new anomaly settings")
+    log.info("recalibrating for %s on %d healthy case(s)", " ".join(overrides), len(cases))
+    return replace(changed, meta={**model.meta, **calibrate(changed, cases, progress=progress)})
+
+
+def healthy_slices(case: Case, shape) -> np.ndarray:
+    """Bool (X, Y, Z): True on the axial (RAS z) slices with no label voxel; all True without a label."""
+    if case.label is None:
+        return np.ones(shape, bool)
+    label = read_volume(case.label, allow_constant=True)
+    ornt = nib.orientations.io_orientation(label.affine)
+    axis = int(np.argmax(np.abs(ornt[:, 0]) == 2))  # the voxel axis running along world z
+    lesion_on = (label.data > 0).any(axis=tuple(a for a in range(3) if a != axis))
+    view = [1, 1, 1]
+    view[axis] = -1
+    return np.broadcast_to((~lesion_on).reshape(view), shape)
+
+
+def baseline_image(case: Case, modalities: tuple[str, ...], result: Prediction) -> np.ndarray:
+    """The baseline's image (X, Y, Z); reuses what detection already read when it is the same file."""
+    name = baseline_modality(list(case.images), modalities)
+    return result.reference.data if name == modalities[0] else read_volume(case.images[name]).data

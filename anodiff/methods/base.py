@@ -1,0 +1,105 @@
+"""What a method is: the interface every entry of the method table implements, and the pieces they share.
+
+A method builds its networks, trains them into a model folder, loads that folder,
+predicts one case (a :class:`~anodiff.inference.prediction.Prediction` with named
+maps), checks the config settings that only it reads, and evaluates itself. The
+recipes and the CLI call these and nothing else, so they never ask which method
+a model is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from anodiff.config import RunConfig, config_to_dict
+from anodiff.data.cases import Case
+from anodiff.errors import ConfigError
+from anodiff.evaluation.report import Report
+from anodiff.inference.cases import PreparedCase
+from anodiff.inference.prediction import Prediction
+from anodiff.modelfolder import TrainedModel
+from anodiff.progress import Progress
+
+
+class Method:
+    """One method (ddpm, ldm, segdiff, ...). Subclasses set the attributes and implement the methods."""
+
+    kind: str = ""
+    outputs: dict[str, str] = {}  # what `anodiff detect` can write: output name -> Prediction map name
+    draws_samples: bool = False  # takes `--samples`
+    activity: str = "detecting"  # what `anodiff detect`'s progress bar says it does
+    sampler_section: str = ""  # where configs before the `sampler` section kept its settings
+
+    def validate(self, config: RunConfig) -> None:
+        """Raise ConfigError for settings this method cannot run with."""
+        check_image_size(config, 2 ** (len(config.model.channels) - 1))
+
+    def train(self, data: Path, config: RunConfig, out: Path, *, device: torch.device, resume: bool = False,
+              progress: Progress | None = None) -> None:
+        """Train on ``data`` into the model folder ``out`` (rank 0 writes it; meta.json last)."""
+        raise NotImplementedError
+
+    def load(self, folder: Path, config: RunConfig, meta: dict[str, Any], device: torch.device) -> TrainedModel:
+        """The model of a folder whose config and meta are read (weights loaded, networks in eval mode)."""
+        raise NotImplementedError
+
+    def threshold(self, model: TrainedModel, given: float | None) -> float:
+        """The threshold ``predict`` uses: ``given``, else the model's own."""
+        raise NotImplementedError
+
+    def predict(self, model: TrainedModel, case: Case, *, threshold: float, generator: torch.Generator | None = None,
+                samples: int | None = None, detail: bool = False, prepared: PreparedCase | None = None,
+                progress: Progress | None = None) -> Prediction:
+        """One case on its own grid; ``detail`` adds the maps only an evaluation needs."""
+        raise NotImplementedError
+
+    def describe(self, model: TrainedModel) -> str:
+        """One line on what the trained model holds, for the end of `anodiff train`."""
+        return ""
+
+    def output_channels(self, model: TrainedModel) -> tuple[str, ...]:
+        """Names of the channels of (K, X, Y, Z) output maps, each written to its own file; () for one."""
+        return ()
+
+    def evaluate(self, model: TrainedModel, data: Path, *, seed: int = 0, samples: int | None = None,
+                 overrides: list[str] | None = None, overlays: Path | None = None,
+                 progress: Progress | None = None) -> Report:
+        """The labelled cases of ``data`` scored beside this method's reference; per-case PNGs to ``overlays``."""
+        raise NotImplementedError
+
+
+def check_image_size(config: RunConfig, factor: int) -> None:
+    if config.data.image_size % factor:
+        raise ConfigError(f"data.image_size ({config.data.image_size}) must be a multiple of {factor} "
+                          f"for these {config.model.kind} channels (each level halves the grid)")
+
+
+def checkpoint_identity(config: RunConfig) -> str:
+    """What a checkpoint must agree with to be resumed: the config, less the step counts."""
+    identity = config_to_dict(config)
+    identity["train"].pop("num_steps")
+    identity["autoencoder"].pop("num_steps")
+    return yaml.safe_dump(identity)
+
+
+def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """``build()`` with the global RNG seeded (MONAI initialises from it), left as it was afterwards."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build()
+
+
+def preview_inputs(dataset, count: int = 4) -> torch.Tensor:
+    """A few evenly spaced training inputs (B, C, *S) for the PNG grids."""
+    return torch.stack([dataset[int(i)]["image"] for i in np.linspace(0, len(dataset) - 1, count).astype(int)])
+
+
+def peak_gpu_memory_mb() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None

@@ -1,0 +1,147 @@
+"""How a segdiff model is evaluated: SegDiff (1 and N samples) beside its UNet reference, on every labelled case.
+
+Per region: Dice, HD95, AUROC and AUPRC; Dice of the fusion of the first k
+samples for every k <= N (does fusing more help?); and the mean uncertainty on the
+lesion's border, inside it and in the brain outside it, for the true lesion and
+for the segmentation. Each case gets an overlay PNG.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anodiff.config import region_labels
+from anodiff.evaluation.metrics import dice, nanmean
+from anodiff.evaluation.report import Report
+from anodiff.evaluation.segmentation import (
+    method_figures,
+    region_figures,
+    region_masks,
+    segmentation_report,
+    zone_means,
+    zone_summary,
+)
+from anodiff.figures import BLUE, GREEN, RED, display_slice, focus_slice, ras_view, save_overlay
+from anodiff.inference.cases import labelled_cases, prepare
+from anodiff.inference.fusion import fuse
+from anodiff.inference.prediction import Prediction
+from anodiff.io import read_volume
+from anodiff.methods.base import peak_gpu_memory_mb
+from anodiff.methods.segdiff import SegDiff, reference_volume, segment
+from anodiff.modelfolder import TrainedModel
+from anodiff.progress import Progress
+
+
+def evaluate_segdiff(method: SegDiff, model: TrainedModel, data: Path, *, samples: int | None = None, seed: int = 0,
+                     overlays: Path | None = None, progress: Progress | None = None) -> Report:
+    """Dice, HD95, AUROC and AUPRC per region for SegDiff (1 and N samples) and the UNet reference."""
+    cfg = model.config.segmentation
+    samples = samples or cfg.samples
+    cases, _ = labelled_cases(data, model.modalities)
+    regions = tuple(region_labels(r) for r in cfg.regions)
+    names = {"segdiff": f"SegDiff ({samples} samples)", "one": "SegDiff (1 sample)", "unet": "UNet reference"}
+    rows, curves, zones, predicted_zones = [], [], [], []
+    pooled: dict[str, dict[str, dict[str, list]]] = {}
+    seconds: dict[str, list[float]] = {"segdiff": [], "unet": []}
+    for index, case in enumerate(cases):
+        clock = time.perf_counter()
+        prepared = prepare(case, model.modalities, model.config.data, spatial_dims=2)  # once, for both methods
+        preprocess_s = time.perf_counter() - clock
+        clock = time.perf_counter()
+        result = method.predict(model, case, threshold=cfg.threshold, samples=samples, prepared=prepared,
+                                generator=torch.Generator().manual_seed(seed))
+        seconds["segdiff"].append(preprocess_s + time.perf_counter() - clock)
+        unet = None
+        if model.reference is not None:
+            clock = time.perf_counter()
+            unet = segment(lambda image, brain: reference_volume(model.reference, image, brain), model.config,
+                           case, model.modalities, threshold=cfg.threshold, num_network_evals=1, prepared=prepared)
+            seconds["unet"].append(preprocess_s + time.perf_counter() - clock)
+        truth = region_masks(read_volume(case.label, allow_constant=True).data, regions)
+        first = result.maps["samples"][0]
+        outputs = {"segdiff": (result.maps["probability"], result.maps["regions"]),
+                   "one": (first.astype(np.float32), first > cfg.threshold)}
+        if unet is not None:
+            outputs["unet"] = (unet.maps["probability"], unet.maps["regions"])
+        rows.append(case_row(case.id, result, truth, outputs, names, cfg.regions, pooled))
+        curves.append(dice_by_samples(result, truth, cfg.fusion, cfg.threshold))
+        spread = result.maps["uncertainty"]
+        zones.append({name: zone_means(spread[r], truth[r], result.brain) for r, name in enumerate(cfg.regions)})
+        predicted_zones.append({name: zone_means(spread[r], result.maps["regions"][r], result.brain)
+                                for r, name in enumerate(cfg.regions)})
+        if overlays is not None:
+            save_segmentation_overlay(overlays / f"{case.id.replace('/', '_')}.png", result, truth[0], unet)
+        if progress is not None:
+            progress(index + 1, len(cases), case.id)
+    figures = report_figures(model, data, rows, curves, zones, predicted_zones, pooled, seconds, names, samples)
+    return segmentation_report(figures, rows)
+
+
+def case_row(case_id: str, result: Prediction, truth: np.ndarray, outputs: dict, names: dict, regions: tuple[str, ...],
+             pooled: dict) -> dict:
+    """One case's figures per method and region; its brain voxels join ``pooled[method][region]``."""
+    row = {"case": case_id, "lesion_ml": round(float(truth[0].sum() * np.prod(result.reference.spacing_mm))
+                                                / 1000, 2)}
+    for key, (probability, masks) in outputs.items():
+        for r, name in enumerate(regions):
+            figures = region_figures(probability[r], masks[r], truth[r], result.brain, result.reference.spacing_mm)
+            row |= {f"{names[key]}: {metric} {name}": value for metric, value in figures.items()}
+            store = pooled.setdefault(key, {}).setdefault(name, {"scores": [], "truth": [], "masks": []})
+            store["scores"].append(probability[r][result.brain])
+            store["truth"].append(truth[r][result.brain])
+            store["masks"].append(masks[r][result.brain])
+    return row
+
+
+def dice_by_samples(result: Prediction, truth: np.ndarray, fusion: str, threshold: float) -> list[float]:
+    """Dice of the first region's fusion of the first k samples, k = 1..N (does fusing more help?)."""
+    inside = result.brain
+    samples = result.maps["samples"][:, 0][:, inside].astype(np.float32)  # (N, brain voxels)
+    return [dice(fuse(samples[:k], fusion) > threshold, truth[0][inside]) for k in range(1, len(samples) + 1)]
+
+
+def report_figures(model: TrainedModel, data: Path, rows: list[dict], curves: list, zones: list,
+                   predicted_zones: list, pooled: dict, seconds: dict, names: dict, samples: int) -> dict:
+    cfg = model.config.segmentation
+    lesion_rows = [r for r in rows if r["lesion_ml"] > 0]
+    methods = {}
+    for key, name in names.items():
+        if key not in pooled:
+            continue  # trained without the reference
+        # The single sample is read off the N-sample run, so it has no time of its own (about 1/N of it).
+        methods[name] = {"seconds_per_volume": None if key == "one" else float(np.mean(seconds[key])),
+                         "parameters": (model.meta.get("reference", {}) if key == "unet" else model.meta).get(
+                             "parameters"),
+                         **method_figures(name, cfg.regions, lesion_rows, pooled[key])}
+    lesion_curves = np.array([c for c, r in zip(curves, rows) if r["lesion_ml"] > 0], dtype=float)
+    return {
+        "model": str(model.folder), "data": str(data), "kind": "segdiff", "num_cases": len(rows),
+        "num_lesion_cases": len(lesion_rows), "samples": samples,
+        "network_evals_per_slice_and_sample": model.config.sampler.num_inference_steps, "fusion": cfg.fusion,
+        "uncertainty": cfg.uncertainty, "threshold": cfg.threshold, "regions": list(cfg.regions),
+        "peak_gpu_memory_mb": peak_gpu_memory_mb(), "methods": methods,
+        "dice_by_samples": {"k": list(range(1, samples + 1)),
+                            "dice_per_volume_mean": [nanmean(list(c)) for c in lesion_curves.T]},
+        "uncertainty_by_zone": zone_summary(zones, cfg.regions),
+        "uncertainty_by_predicted_zone": zone_summary(predicted_zones, cfg.regions),
+    }
+
+
+def save_segmentation_overlay(path: Path, result: Prediction, truth: np.ndarray, unet: Prediction | None) -> None:
+    """PNG of the slice with most lesion: image, fused probability, uncertainty, and outlines (green truth,
+    red SegDiff, blue UNet reference) on the image; below, the same tiles magnified on the lesion."""
+    ras = ras_view(result.reference.affine)
+    true, found = ras(truth.astype(np.uint8)) > 0, ras(result.maps["regions"][0]) > 0
+    z = focus_slice(true, found)
+    base = display_slice(ras(result.reference.data), z)
+    spread = ras(result.maps["uncertainty"][0])[..., z]
+    spread = np.clip(spread / max(float(spread.max()), 1e-6), 0, 1)
+    outlines = [(true[..., z], GREEN), (found[..., z], RED)]
+    if unet is not None:
+        outlines.append((ras(unet.maps["regions"][0])[..., z] > 0, BLUE))
+    save_overlay(path, base, [ras(result.maps["probability"][0])[..., z], spread], outlines,
+                 zoom_on=true[..., z] | found[..., z])

@@ -1,0 +1,165 @@
+"""The three jobs of anodiff as the CLI runs them: train, detect, evaluate. Thin: each dispatches through
+the method table (:mod:`anodiff.methods`) and adds only what every method shares: the model folder's life,
+batches of cases with per-case isolation, output files, the report on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anodiff import distributed
+from anodiff.config import RunConfig
+from anodiff.data.cases import Case
+from anodiff.errors import AnodiffError, ConfigError, DataError
+from anodiff.evaluation.report import Report
+from anodiff.inference.cases import match_modalities
+from anodiff.inference.prediction import Prediction
+from anodiff.io import strip_image_suffix, write_volume
+from anodiff.methods import kinds_where, load_model, method_for
+from anodiff.modelfolder import TrainedModel
+from anodiff.progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+def train(data: Path, config: RunConfig, out: Path, *, device: torch.device, resume: bool = False,
+          progress: Progress | None = None) -> TrainedModel | None:
+    """Train the config's method on ``data`` into the model folder ``out``; returns the model as loaded from
+    disk (None on the ranks other than 0 under torchrun, which only train)."""
+    method_for(config.model.kind).train(data, config, out, device=device, resume=resume, progress=progress)
+    return load_model(out, device=device) if distributed.is_main() else None
+
+
+@dataclass(frozen=True)
+class DetectOutcome:
+    case_id: str
+    written: list[Path]
+    error: str | None = None
+    seconds: float = 0.0
+    timings: dict | None = None
+
+
+Outputs = Callable[[Case], dict[str, Path | None]]
+
+
+def detect_cases(model: TrainedModel, cases: list[Case], outputs: Outputs, *, threshold: float | None = None,
+                 overwrite: bool = False, seed: int = 0, samples: int | None = None,
+                 progress: Progress | None = None) -> list[DetectOutcome]:
+    """Predict every case and write its outputs; a failing case is reported and the others still run.
+
+    ``outputs(case)`` gives the paths to write, by name: ``mask`` (required) and
+    the method's maps (``map``; ``uncertainty`` for segdiff), None for not wanted.
+    A map with one channel per region goes to one file per region
+    (``<name>_<region>``). Nothing is written for a failed case; existing files are
+    kept unless ``overwrite``.
+    """
+    method = method_for(model.config.model.kind)
+    if samples is not None and not method.draws_samples:
+        raise DataError(f"{model.folder}: a {method.kind} model draws no samples; --samples and --uncertainty are "
+                        f"for {' and '.join(kinds_where(lambda m: m.draws_samples))} models")
+    chosen = method.threshold(model, threshold)
+    outcomes = []
+    for index, case in enumerate(cases):
+        outcomes.append(detect_case(model, case, outputs, threshold=chosen, overwrite=overwrite, seed=seed,
+                                    samples=samples))
+        if progress is not None:
+            progress(index + 1, len(cases), case.id)
+    return outcomes
+
+
+def detect_case(model: TrainedModel, case: Case, outputs: Outputs, *, threshold: float, overwrite: bool, seed: int,
+                samples: int | None) -> DetectOutcome:
+    """One case of :func:`detect_cases`: every error becomes the outcome's one line, and no half-made case stays."""
+    method = method_for(model.config.model.kind)
+    clock = time.perf_counter()
+    written: list[Path] = []
+    fresh: list[Path] = []
+    try:
+        targets = output_files(outputs(case), model)
+        fresh = [t for t in targets.values() if not t.exists()]
+        case = match_modalities(case, model.modalities)
+        check_targets(targets, case, overwrite=overwrite)
+        result = method.predict(model, case, threshold=threshold, samples=samples,
+                                generator=torch.Generator().manual_seed(seed))
+        arrays = output_arrays(result, model)
+        writing = time.perf_counter()
+        for name, target in targets.items():
+            dtype = np.uint8 if name == "mask" else np.float32
+            written.append(write_volume(arrays[name], target, like=result.reference, dtype=dtype,
+                                        overwrite=overwrite))
+        timings = {**result.timings, "write_s": time.perf_counter() - writing}
+        return DetectOutcome(case.id, written, seconds=time.perf_counter() - clock, timings=timings)
+    except Exception as err:  # one bad case must not stop a batch of hundreds
+        if not isinstance(err, AnodiffError):
+            log.debug("case %s failed", case.id, exc_info=True)
+            err = f"unexpected {type(err).__name__}: {' '.join(str(err).split())} (run with -v for details)"
+        for path in written:  # no half-made case: a mask without the maps it was asked with
+            if path in fresh:
+                path.unlink(missing_ok=True)
+        return DetectOutcome(case.id, [], error=str(err))
+
+
+def check_targets(targets: dict[str, Path], case: Case, *, overwrite: bool) -> None:
+    """Refuse an output that is one of the case's inputs, or that exists without ``overwrite``."""
+    inputs = {p.resolve() for p in case.images.values()}
+    for target in targets.values():
+        if target.resolve() in inputs:
+            raise DataError(f"{target}: output path equals an input; choose another --out")
+        if target.exists() and not overwrite:
+            raise DataError(f"{target}: already exists (pass --overwrite to replace it)")
+
+
+def output_files(wanted: dict[str, Path | None], model: TrainedModel) -> dict[str, Path]:
+    """The files one case writes: ``wanted`` less the unwanted, and a file per channel of a multi-channel map."""
+    method = method_for(model.config.model.kind)
+    channels = method.output_channels(model)
+    files = {}
+    for name, path in wanted.items():
+        if path is None:
+            continue
+        if name != "mask" and name not in method.outputs:
+            offered = kinds_where(lambda m, name=name: name in m.outputs)
+            raise DataError(f"{model.folder}: a {method.kind} model has no {name} map; --{name} is for "
+                            f"{' and '.join(offered)} models")
+        if name != "mask" and channels:
+            suffix = path.name[len(strip_image_suffix(path)):]
+            for channel in channels:
+                files[f"{name}_{channel}"] = path.with_name(f"{strip_image_suffix(path)}_{channel}{suffix}")
+        else:
+            files[name] = path
+    return files
+
+
+def output_arrays(result: Prediction, model: TrainedModel) -> dict[str, np.ndarray]:
+    """The arrays of a prediction by output file name (see :func:`output_files`)."""
+    method = method_for(model.config.model.kind)
+    channels = method.output_channels(model)
+    arrays = {"mask": result.mask}
+    for name, key in method.outputs.items():
+        values = result.maps[key]
+        if channels:
+            arrays |= {f"{name}_{channel}": v for channel, v in zip(channels, values)}
+        else:
+            arrays[name] = values[0] if values.ndim == 4 else values
+    return arrays
+
+
+def evaluate(model: TrainedModel, data: Path, out: Path, *, seed: int = 0, samples: int | None = None,
+             overrides: list[str] | None = None, progress: Progress | None = None) -> Report:
+    """Evaluate on the labelled cases of ``data``; writes report.json, per_case.csv, summary.md and overlays/."""
+    method = method_for(model.config.model.kind)
+    if samples is not None and not method.draws_samples:
+        raise ConfigError(f"{model.folder}: --samples is for {' and '.join(kinds_where(lambda m: m.draws_samples))} "
+                          "models")
+    out.mkdir(parents=True, exist_ok=True)
+    report = method.evaluate(model, data, seed=seed, samples=samples, overrides=overrides,
+                             overlays=out / "overlays", progress=progress)
+    report.write(out)
+    return report
