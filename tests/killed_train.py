@@ -15,9 +15,10 @@ import signal
 import sys
 from pathlib import Path
 
+import anodiff.methods.anomaly as anomaly
 import anodiff.modelfolder as modelfolder
-import anodiff.training as training
-import anodiff.workflows as workflows
+import anodiff.training.loop as loop
+import anodiff.weights as weights
 
 
 def die() -> None:
@@ -33,16 +34,16 @@ def install(point: str, n: int) -> None:
         return calls["count"] == n and Path(path).name.startswith((".checkpoint", "checkpoint"))
 
     if point == "step":
-        real_generator = training.step_generator
+        real_generator = loop.step_generator
 
         def step_generator(seed, step, rank=0):
             if step == n:
                 die()
             return real_generator(seed, step, rank)
 
-        training.step_generator = step_generator
+        loop.step_generator = step_generator
     elif point == "checkpoint-write":
-        real_save = training.save_file
+        real_save = weights.save_file
 
         def save_file(tensors, filename, metadata=None):
             real_save(tensors, filename, metadata=metadata)
@@ -52,7 +53,7 @@ def install(point: str, n: int) -> None:
                     handle.truncate(size // 2)
                 die()
 
-        training.save_file = save_file
+        weights.save_file = save_file
     elif point == "checkpoint-rename":
         real_replace = os.replace
 
@@ -66,7 +67,7 @@ def install(point: str, n: int) -> None:
         def calibrate(*args, **kwargs):
             die()
 
-        workflows.calibrate = calibrate
+        anomaly.calibrate = calibrate
     elif point == "model-folder":
         def write_json(path, content):
             die()

@@ -6,17 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from anodiff.config import ConfigError, load_config, save_config
+from anodiff.config import ConfigError, config_to_yaml, load_config
+from anodiff.methods import load_recipe
 
 
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("data:\n  image_size: 64\n  modalities: [flair, t1]\n  cache_dir: cache\n")
-    cfg = load_config(path, ["data.percentiles=[1, 99]", "data.healthy_only=false"])
+    cfg = load_config(path, ["data.percentiles=[1, 99]", "data.crop_margin=5"])
     assert cfg.data.image_size == 64 and cfg.data.modalities == ("flair", "t1")
-    assert cfg.data.percentiles == (1.0, 99.0) and cfg.data.healthy_only is False
+    assert cfg.data.percentiles == (1.0, 99.0) and cfg.data.crop_margin == 5
     assert cfg.data.cache_dir == tmp_path / "cache"  # relative to the YAML file
-    save_config(cfg, tmp_path / "resolved.yaml")
+    (tmp_path / "resolved.yaml").write_text(config_to_yaml(cfg))
     assert load_config(tmp_path / "resolved.yaml") == cfg
 
 
@@ -52,13 +53,45 @@ def test_unsafe_yaml_is_not_executed(tmp_path):
 ])
 def test_latent_diffusion_settings_are_checked(overrides, match):
     with pytest.raises(ConfigError, match=match):
-        load_config(None, overrides)
+        load_recipe(None, overrides)
 
 
 def test_every_shipped_recipe_loads():
     for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
-        load_config(path)
+        load_recipe(path)
 
 
 def test_float_written_without_a_dot_is_a_float():
     assert load_config(None, ["train.lr=1e-3"]).train.lr == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("override,match", [
+    ("anomaly.num_inference_steps=5", "'anomaly.num_inference_steps' moved to 'sampler.num_inference_steps'"),
+    ("segmentation.eta=1", "'segmentation.eta' moved to 'sampler.eta'"),
+    ("anomaly.sampler=ddpm", "moved to 'sampler.kind'"),
+    ("data.healthy_only=false", "no longer a setting"),
+    ("model.kind=gan", "not a method; choose one of"),
+])
+def test_moved_and_unknown_keys_name_the_fix(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_recipe(None, [override])
+
+
+def test_a_model_folder_saved_before_the_sampler_section_still_loads(tiny_model, tmp_path):
+    """config.yaml of an older anodiff: the sampler settings sat in the method's own section."""
+    import shutil
+
+    import yaml
+
+    from anodiff.methods import load_model
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model, old)
+    raw = yaml.safe_load((old / "config.yaml").read_text())
+    sampler = raw.pop("sampler")
+    raw["anomaly"] |= {"num_inference_steps": sampler["num_inference_steps"], "eta": 0.5, "sampler": "ddim"}
+    raw["segmentation"] |= {"num_inference_steps": 99, "eta": 0.0}  # another method's: ignored
+    raw["data"]["healthy_only"] = True
+    (old / "config.yaml").write_text(yaml.safe_dump(raw))
+    config = load_model(old).config
+    assert config.sampler.num_inference_steps == sampler["num_inference_steps"] and config.sampler.eta == 0.5

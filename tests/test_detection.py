@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anodiff.config import AnomalyConfig, ModelConfig, RunConfig, SchedulerConfig
-from anodiff.detection import postprocess, score_slices
+from anodiff.config import AnomalyConfig, ModelConfig, RunConfig, SamplerConfig, SchedulerConfig
+from anodiff.inference.masks import restrict_to_brain
+from anodiff.methods.scoring import score_slices
 from anodiff.models import build_network
 
 
@@ -17,13 +18,13 @@ def tiny_net():
                                      num_head_channels=8, norm_num_groups=8), in_channels=2).eval()
 
 
-@pytest.mark.parametrize("anomaly,evals", [
-    (AnomalyConfig(t0=20, num_inference_steps=4), 4),
-    (AnomalyConfig(t0=20, num_inference_steps=4, sampler="ddpm"), 21),
-    (AnomalyConfig(t0=20, extra_t0=(40,), num_inference_steps=4, num_draws=2), 16),
+@pytest.mark.parametrize("anomaly,sampler,evals", [
+    (AnomalyConfig(t0=20), SamplerConfig(num_inference_steps=4), 4),
+    (AnomalyConfig(t0=20), SamplerConfig(num_inference_steps=4, kind="ddpm"), 21),
+    (AnomalyConfig(t0=20, extra_t0=(40,), num_draws=2), SamplerConfig(num_inference_steps=4), 16),
 ])
-def test_network_evaluations_per_slice(tiny_net, anomaly, evals):
-    config = RunConfig(scheduler=SchedulerConfig(num_train_timesteps=100), anomaly=anomaly)
+def test_network_evaluations_per_slice(tiny_net, anomaly, sampler, evals):
+    config = RunConfig(scheduler=SchedulerConfig(num_train_timesteps=100), anomaly=anomaly, sampler=sampler)
     slices = torch.rand(3, 2, 16, 16)
     residual, recon, count = score_slices(tiny_net, slices, config, generator=torch.Generator().manual_seed(0))
     assert count == evals
@@ -37,15 +38,15 @@ def test_postprocess_keeps_a_blob_and_zeroes_outside_the_brain():
     brain = torch.zeros(1, 16, 16, 6)
     brain[0, 2:14, 2:14, :] = 1
     score[0, 0, 0, 0] = 5.0  # outside the brain
-    out = postprocess(score, brain, AnomalyConfig(median_size=3, brain_erosion=1))
+    out = restrict_to_brain(score, brain, median_size=3, erosion=1)
     assert out[0, 0, 0, 0] == 0 and out[0, 2, 2, 3] == 0  # outside, and on the eroded rim
     assert out[0, 7:9, 7:9, 2:4].min() > 0.9 > out[0, 3:5, 3:5, :].max()
 
 
 def test_detect_reports_where_its_time_went(tiny_model, tiny_cohort, tmp_path):
     from anodiff.data.cases import discover
-    from anodiff.modelfolder import load_model
-    from anodiff.workflows import detect_cases
+    from anodiff.methods import load_model
+    from anodiff.recipes import detect_cases
 
     case = discover(tiny_cohort).cases[0]
     [outcome] = detect_cases(load_model(tiny_model), [case], lambda c: {"mask": tmp_path / "m.nii.gz"})

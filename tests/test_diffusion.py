@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anodiff.config import ModelConfig, SchedulerConfig
-from anodiff.diffusion import build_scheduler, inference_timesteps, make_noise, reconstruct
+from anodiff.config import ModelConfig, SamplerConfig, SchedulerConfig
+from anodiff.diffusion.noise import make_noise
+from anodiff.diffusion.sampler import build_scheduler, reconstruct, timesteps_from
 from anodiff.models import build_network
 
 CFG = SchedulerConfig(num_train_timesteps=100)
@@ -28,7 +29,7 @@ def test_add_noise_at_t0_is_identity_and_oracle_ddim_recovers_x0(spatial_dims):
     scheduler = build_scheduler(CFG, "ddim")
     noisy = scheduler.add_noise(x_0, torch.randn_like(x_0), torch.zeros(2, dtype=torch.long))
     assert (noisy - x_0).std() < 0.05  # t = 0 is (almost) no noise
-    x_hat = reconstruct(oracle(scheduler, x_0), x_0, scheduler, CFG, t0=60, num_steps=5,
+    x_hat = reconstruct(oracle(scheduler, x_0), x_0, CFG, SamplerConfig(num_inference_steps=5), t0=60,
                         generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(x_hat, x_0, atol=1e-4, rtol=0)
 
@@ -38,7 +39,7 @@ def test_oracle_reconstruction_removes_an_anomaly():
     lesioned = healthy.clone()
     lesioned[..., 6:10, 6:10] = 0.8
     scheduler = build_scheduler(CFG, "ddpm")
-    x_hat = reconstruct(oracle(scheduler, healthy), lesioned, scheduler, CFG, t0=50, num_steps=0,
+    x_hat = reconstruct(oracle(scheduler, healthy), lesioned, CFG, SamplerConfig(kind="ddpm"), t0=50,
                         generator=torch.Generator().manual_seed(0))
     residual = (x_hat - lesioned).abs()[0, 0]
     assert residual[6:10, 6:10].min() > 5 * residual[:4, :4].max()
@@ -46,9 +47,11 @@ def test_oracle_reconstruction_removes_an_anomaly():
 
 def test_step_counts():
     ddim, ddpm = build_scheduler(CFG, "ddim"), build_scheduler(CFG, "ddpm")
-    steps = inference_timesteps(ddim, 50, 5)
+    steps = timesteps_from(ddim, SamplerConfig(num_inference_steps=5), 50)
     assert len(steps) == 5 and steps == sorted(steps, reverse=True) and max(steps) <= 50
-    assert inference_timesteps(ddpm, 50, 5) == list(range(50, -1, -1))
+    grid = ddim.timesteps.tolist()  # the scheduler's own grid from t0 down, as img2img takes it
+    assert set(steps) <= set(grid) and steps[0] == max(t for t in grid if t <= 50)
+    assert timesteps_from(ddpm, SamplerConfig(kind="ddpm", num_inference_steps=5), 50) == list(range(50, -1, -1))
 
 
 @pytest.mark.parametrize("kind", ["ddim", "ddpm"])
@@ -57,10 +60,10 @@ def test_reconstruction_shape_and_seeded_determinism(kind):
     net = build_network(ModelConfig(channels=(8, 8, 8), attention_levels=(False, False, False),
                                     num_head_channels=8, norm_num_groups=8), in_channels=2).eval()
     x_0 = torch.rand(3, 2, 16, 16) * 2 - 1
-    scheduler = build_scheduler(CFG, kind)
+    sampler = SamplerConfig(kind=kind, num_inference_steps=4)
 
     def run(seed):
-        return reconstruct(net, x_0, scheduler, CFG, t0=20, num_steps=4, generator=torch.Generator().manual_seed(seed))
+        return reconstruct(net, x_0, CFG, sampler, t0=20, generator=torch.Generator().manual_seed(seed))
 
     a, b, c = run(1), run(1), run(2)
     assert a.shape == x_0.shape and a.abs().max() <= 1
@@ -101,10 +104,8 @@ def test_stochastic_ddim_adds_seeded_noise_at_each_step():
     net = build_network(ModelConfig(channels=(8, 8, 8), attention_levels=(False, False, False),
                                     num_head_channels=8, norm_num_groups=8), in_channels=1).eval()
     x_0 = torch.rand(2, 1, 16, 16) * 2 - 1
-    scheduler = build_scheduler(CFG, "ddim")
-
     def run(eta, seed=0):
-        return reconstruct(net, x_0, scheduler, CFG, t0=40, num_steps=4, eta=eta,
+        return reconstruct(net, x_0, CFG, SamplerConfig(num_inference_steps=4, eta=eta), t0=40,
                            generator=torch.Generator().manual_seed(seed))
 
     torch.testing.assert_close(run(1.0), run(1.0), rtol=0, atol=0)

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from anodiff.detection import calibrate_threshold, remove_small_components
-from anodiff.evaluation import auroc, best_threshold, dice, dice_curve, leave_one_out_thresholds, summarize_method
+from anodiff.evaluation.anomaly import summarize_method
+from anodiff.evaluation.metrics import (
+    auroc,
+    best_threshold,
+    calibrate_threshold,
+    dice,
+    dice_curve,
+    leave_one_out_thresholds,
+)
+from anodiff.inference.masks import remove_small_components
 
 
 def test_dice_by_hand():

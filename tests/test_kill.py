@@ -23,11 +23,12 @@ from typer.testing import CliRunner
 
 from anodiff.cli.main import app
 from anodiff.config import load_config
-from anodiff.diffusion import DenoisingObjective, build_scheduler
+from anodiff.diffusion.sampler import build_scheduler
 from anodiff.errors import CheckpointError
-from anodiff.modelfolder import load_model
+from anodiff.methods import load_model
 from anodiff.models import build_network
-from anodiff.training import CHECKPOINT, load_checkpoint
+from anodiff.training.checkpoints import CHECKPOINT, load_checkpoint
+from anodiff.training.objectives import DenoisingObjective
 from tests.conftest import TINY
 
 KILLER = Path(__file__).with_name("killed_train.py")

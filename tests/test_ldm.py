@@ -11,12 +11,13 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from anodiff.autoencoder import AutoencoderObjective, LatentSpace, latent_scale_factor
 from anodiff.cli.main import app
 from anodiff.config import AutoencoderConfig
 from anodiff.data.synthetic import write_cohort
-from anodiff.modelfolder import load_model
+from anodiff.diffusion.spaces import LatentSpace, latent_scale_factor
+from anodiff.methods import load_model
 from anodiff.models import build_autoencoder, build_discriminator
+from anodiff.training.objectives import AutoencoderObjective
 from tests.conftest import TINY
 
 runner = CliRunner()

@@ -24,7 +24,7 @@ from anodiff.data.datasets import volume_dataset
 from anodiff.data.synthetic import read_cohort_info
 from anodiff.errors import AnodiffError
 from anodiff.io import read_volume
-from anodiff.modelfolder import load_model
+from anodiff.methods import load_model
 from tests.conftest import TINY
 
 runner = CliRunner()

@@ -14,11 +14,14 @@ from typer.testing import CliRunner
 
 from anodiff.cli.main import app
 from anodiff.config import RunConfig, load_config, region_labels
-from anodiff.diffusion import DenoisingObjective, build_scheduler, to_model_range
+from anodiff.diffusion.sampler import build_scheduler
+from anodiff.diffusion.spaces import to_model_range
 from anodiff.errors import ConfigError
+from anodiff.evaluation.segmentation import border_zones, region_masks
+from anodiff.methods.segdiff import sample_slices
 from anodiff.models import build_network
-from anodiff.segmentation import border_zones, region_masks, sample_slices
-from anodiff.training import fit
+from anodiff.training.loop import fit
+from anodiff.training.objectives import DenoisingObjective
 
 SEGDIFF_TINY = str(Path(__file__).resolve().parents[1] / "configs" / "segdiff_tiny.yaml")
 
@@ -57,7 +60,7 @@ def test_conditioning_shapes():
 
 
 def test_sampling_is_fixed_by_the_seed():
-    config = load_config(SEGDIFF_TINY, ["segmentation.eta=1"])  # even with fresh noise at every step
+    config = load_config(SEGDIFF_TINY, ["sampler.eta=1"])  # even with fresh noise at every step
     torch.manual_seed(0)
     network = build_network(config.model, in_channels=1 + 2, out_channels=1).eval()
     images = torch.rand(2, 2, 16, 16)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anodiff.segmentation import fuse, staple, uncertainty
+from anodiff.inference.fusion import fuse, staple, uncertainty
 
 
 def disks(radii: list[float], size: int = 32) -> np.ndarray:

@@ -117,14 +117,14 @@ def test_model_load_errors_are_one_line(tmp_path):
 def test_evaluate_with_new_anomaly_settings_recalibrates(tiny_model, tiny_cohort, tmp_path):
     base = json.loads((tiny_model / "meta.json").read_text())["threshold"]
     result = invoke("evaluate", "--model", tiny_model, "--data", tiny_cohort, "--out", tmp_path / "r",
-                    "anomaly.t0=60", "anomaly.num_inference_steps=2")
+                    "anomaly.t0=60", "sampler.num_inference_steps=2")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["anomaly"]["t0"] == 60 and report["network_evals_per_slice"] == 2
     assert report["methods"]["anodiff"]["threshold_calibrated"] != pytest.approx(base)
     refused = invoke("evaluate", "--model", tiny_model, "--data", tiny_cohort, "--out", tmp_path / "r2",
                      "model.channels=[8,8,8]")
-    assert refused.exit_code == 2 and "only anomaly.* settings" in refused.stderr
+    assert refused.exit_code == 2 and "only anomaly.* and sampler.* settings" in refused.stderr
 
 
 def test_same_seed_gives_a_bit_identical_mask(tiny_model, tiny_cohort, tmp_path):
@@ -157,14 +157,16 @@ def test_output_equal_to_an_input_is_refused(tiny_model, tiny_cohort, tmp_path):
 
 
 def test_a_failing_case_leaves_no_half_output_and_the_batch_goes_on(tiny_model, tiny_cohort, tmp_path, monkeypatch):
-    import anodiff.workflows as workflows
+    import anodiff.methods.anomaly as anomaly
+    import anodiff.recipes as recipes
+    from anodiff.errors import DataError
 
-    real_write, real_detect = workflows.write_volume, workflows.detect
+    real_write, real_detect = recipes.write_volume, anomaly.detect
     victims = sorted(p.name for p in tiny_cohort.iterdir() if p.is_dir())[:2]
 
     def write_volume(data, path, **kwargs):  # the map of the first case cannot be written
         if path.name == f"{victims[0]}_map.nii.gz":
-            raise workflows.DataError(f"{path}: disk full")
+            raise DataError(f"{path}: disk full")
         return real_write(data, path, **kwargs)
 
     def detect(network, config, case, *args, **kwargs):  # the second case hits a bug
@@ -172,8 +174,8 @@ def test_a_failing_case_leaves_no_half_output_and_the_batch_goes_on(tiny_model, 
             raise RuntimeError("boom")
         return real_detect(network, config, case, *args, **kwargs)
 
-    monkeypatch.setattr(workflows, "write_volume", write_volume)
-    monkeypatch.setattr(workflows, "detect", detect)
+    monkeypatch.setattr(recipes, "write_volume", write_volume)
+    monkeypatch.setattr(anomaly, "detect", detect)
     out = tmp_path / "out"
     result = invoke("detect", tiny_cohort, "--model", tiny_model, "--out", out)
     assert result.exit_code == 1 and "2 of 6 case(s) failed" in result.stderr

@@ -47,6 +47,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from anodiff.data.lesions import LESION_MEANS, lesion_compartments, mass_effect, plan_lesions, rotation, smooth_field
 from anodiff.errors import DataError
 from anodiff.progress import Progress
 
@@ -62,15 +63,6 @@ TISSUE_MEANS = {
     "t1ce": (0.25, 0.57, 0.78),
     "t2": (1.00, 0.60, 0.42),
     "flair": (0.12, 0.62, 0.48),
-}
-# Lesion compartment intensities per contrast (t1, t1ce, t2, flair).
-LESION_MEANS = {
-    "oedema": (0.45, 0.45, 0.85, 0.92),
-    "enhancing": (0.55, 1.15, 0.70, 0.80),
-    "necrosis": (0.28, 0.30, 0.95, 0.55),
-    "wm_lesion": (0.66, 0.66, 0.72, 0.68),
-    "t1_hypo": (0.33, 0.33, 0.62, 0.51),
-    "mass": (0.58, 0.98, 0.62, 0.61),
 }
 STORED_SCALE = 1000.0  # images are written as int16: relative intensity x 1000
 _FOV_MARGIN_MM = 12.0
@@ -154,13 +146,13 @@ def render_subject(seed: int, index: int, kind: str | None, *, spacing_mm: float
     compartments: list[tuple[str, np.ndarray]] = []
     num_lesions = 0
     if kind is not None:
-        plan = _plan_lesions(kind, lesion_rng, world, tissues, affine)
+        plan = plan_lesions(kind, lesion_rng, world, tissues, affine)
         num_lesions = len(plan.centres)
         if with_lesion:
             if plan.push_mm > 0:
-                displaced = _mass_effect(world, plan.centres[0], plan.radii[0].max(), plan.push_mm)
+                displaced = mass_effect(world, plan.centres[0], plan.radii[0].max(), plan.push_mm)
                 tissues = _sample_tissues(atlas, to_template(displaced))
-            compartments, label = _lesion_compartments(kind, plan, world, tissues, lesion_rng)
+            compartments, label = lesion_compartments(kind, plan, world, tissues, lesion_rng)
 
     contrast = _contrast(imaging_rng)
     images = {}
@@ -168,7 +160,7 @@ def render_subject(seed: int, index: int, kind: str | None, *, spacing_mm: float
         image = sum(tissues[t] * contrast[modality][i] for i, t in enumerate(("csf", "gm", "wm")))
         for name, weight in compartments:
             image = (1 - weight) * image + weight * LESION_MEANS[name][m] * contrast["lesion_gain"][m]
-        bias = np.exp(_smooth_field(imaging_rng, shape, 4, 0.08))
+        bias = np.exp(smooth_field(imaging_rng, shape, 4, 0.08))
         images[modality] = (image * bias).astype(np.float32)
     noise_sigma = noise_rng.uniform(0.01, 0.03)
     for modality in MODALITIES:
@@ -202,12 +194,12 @@ def _random_warp(rng: np.random.Generator, shape, world: np.ndarray, atlas: _Atl
     """A subject -> template map: rigid tilt and scaling about the brain centre, plus a smooth warp."""
     centre = ((atlas.box_mm[0] + atlas.box_mm[1]) / 2).astype(np.float32)
     angles = np.deg2rad(rng.uniform(-4, 4, 3))
-    rotation = _rotation(*angles) / rng.uniform(0.94, 1.06, 3)[:, None]
-    displacement = np.stack([_smooth_field(rng, shape, 6, 2.5) for _ in range(3)])
+    tilt = rotation(*angles) / rng.uniform(0.94, 1.06, 3)[:, None]
+    displacement = np.stack([smooth_field(rng, shape, 6, 2.5) for _ in range(3)])
 
     def to_template(points: np.ndarray) -> np.ndarray:
         flat = points.reshape(3, -1) - centre[:, None]
-        moved = (rotation.astype(np.float32) @ flat + centre[:, None]).reshape(points.shape)
+        moved = (tilt.astype(np.float32) @ flat + centre[:, None]).reshape(points.shape)
         return moved + displacement
 
     return to_template
@@ -235,101 +227,6 @@ def _contrast(rng: np.random.Generator) -> dict:
     out = {m: tuple(v * rng.uniform(0.94, 1.06) for v in TISSUE_MEANS[m]) for m in MODALITIES}
     out["lesion_gain"] = tuple(rng.uniform(0.94, 1.06) for _ in MODALITIES)
     return out
-
-
-def _smooth_field(rng: np.random.Generator, shape, control_points: int, sigma: float) -> np.ndarray:
-    """A smooth random field: normal values on a coarse grid, interpolated to ``shape``."""
-    coarse = rng.normal(0, sigma, (control_points,) * 3).astype(np.float32)
-    factors = [s / control_points for s in shape]
-    field = ndimage.zoom(coarse, factors, order=1, mode="nearest", grid_mode=True)
-    return field[: shape[0], : shape[1], : shape[2]]
-
-
-def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
-    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-# ---------------------------------------------------------------- lesions
-
-
-@dataclass(frozen=True)
-class _LesionPlan:
-    centres: list[np.ndarray]  # mm, subject space
-    radii: list[np.ndarray]  # mm, per axis
-    rotations: list[np.ndarray]
-    push_mm: float  # mass effect at the first lesion's boundary
-
-
-def _plan_lesions(kind: str, rng: np.random.Generator, world: np.ndarray, tissues: dict, affine) -> _LesionPlan:
-    """Where the lesions go and how large they are, from the healthy anatomy."""
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    depth_mm = ndimage.distance_transform_edt(tissues["brain"], sampling=spacing)
-    wm = tissues["wm"]
-    if kind == "glioma":
-        count, radius, where, push = 1, (9.0, 18.0), (wm > 0.6) & (depth_mm > 28), 0.45
-    elif kind == "wm_lesions":
-        count, radius, where, push = int(rng.integers(4, 13)), (2.0, 5.0), (wm > 0.8) & (depth_mm > 10), 0.0
-    elif kind == "t1_hypo":
-        count, radius, where, push = int(rng.integers(1, 3)), (6.0, 11.0), (wm > 0.7) & (depth_mm > 18), 0.0
-    else:  # mass
-        count, radius, where, push = 1, (13.0, 20.0), (depth_mm > 10) & (depth_mm < 18), 0.8
-    candidates = np.argwhere(where)
-    if len(candidates) == 0:
-        candidates = np.argwhere(tissues["brain"])
-    centres, radii, rotations = [], [], []
-    for _ in range(count):
-        voxel = candidates[rng.integers(len(candidates))]
-        centres.append(world[(slice(None), *voxel)].astype(np.float32))
-        r = rng.uniform(*radius)
-        radii.append((r * rng.uniform(0.75, 1.25, 3)).astype(np.float32))
-        rotations.append(_rotation(*rng.uniform(-np.pi, np.pi, 3)).astype(np.float32))
-    return _LesionPlan(centres, radii, rotations, push * float(radii[0].max()))
-
-
-def _mass_effect(world: np.ndarray, centre: np.ndarray, radius: float, push_mm: float) -> np.ndarray:
-    """Points to sample the healthy anatomy at, so tissue is pushed away from ``centre``.
-
-    Radial map d -> d - push * g(d), g(d) = min(d / radius, 1) * exp(-(d / 2.5 radius)^2),
-    monotonic for push < radius, so the anatomy is displaced, never folded.
-    """
-    offset = world - centre[:, None, None, None]
-    dist = np.sqrt((offset**2).sum(0)) + 1e-6
-    g = np.minimum(dist / radius, 1.0) * np.exp(-((dist / (2.5 * radius)) ** 2))
-    return world - offset / dist * (push_mm * g)
-
-
-def _lesion_compartments(kind, plan: _LesionPlan, world, tissues, rng):
-    """Soft compartment weights (for intensities) and the hard label map of the lesions."""
-    brain = tissues["brain"]
-    roughness = _smooth_field(rng, world.shape[1:], 10, 0.12)
-    rho = np.full(world.shape[1:], np.inf, np.float32)
-    for centre, radii, rotation in zip(plan.centres, plan.radii, plan.rotations):
-        offset = np.tensordot(rotation.T, world - centre[:, None, None, None], axes=1)
-        rho = np.minimum(rho, np.sqrt(((offset / radii[:, None, None, None]) ** 2).sum(0)))
-    rho = rho + roughness
-
-    def soft(inside: np.ndarray, edge: float = 0.12) -> np.ndarray:
-        """Partial-volume weight in [0, 1] of the region rho < 1 scaled by ``inside``."""
-        return np.clip((1 - inside) / edge + 0.5, 0, 1) * brain
-
-    label = np.zeros(rho.shape, np.uint8)
-    if kind == "glioma":
-        oedema_scale = rng.uniform(1.6, 2.2)
-        oedema = soft(rho / oedema_scale) * np.clip(tissues["wm"] * 2 + (rho < 1.3), 0, 1)
-        core, necrosis = soft(rho), soft(rho / 0.5)
-        compartments = [("oedema", oedema), ("enhancing", core), ("necrosis", necrosis)]
-        label[oedema >= 0.5] = 2
-        label[core >= 0.5] = 4
-        label[necrosis >= 0.5] = 1
-    else:
-        weight = soft(rho)
-        compartments = [(kind if kind != "wm_lesions" else "wm_lesion", weight)]
-        label[weight >= 0.5] = 1
-    return compartments, label
 
 
 # ---------------------------------------------------------------- cohort

@@ -45,8 +45,8 @@ class SamplerKind:
 
 
 SAMPLERS: dict[str, SamplerKind] = {
-    # K steps on multiples of t0 // K, the grid DDIMScheduler.step assumes. The last visited t is the
-    # step ratio: its predicted x_0 is the result, with no extra network pass.
+    # A grid about t0 // K apart (set_timesteps(T // (t0 // K))), K steps from its first t at or below t0;
+    # the last step's predicted x_0 is the result, with no extra network pass.
     "ddim": SamplerKind(
         scheduler=DDIMScheduler,
         grid_size=lambda total, t0, num_steps: total // max(1, t0 // num_steps),
@@ -137,13 +137,11 @@ def generate(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """A sample (B, C, *S) in [-1, 1] denoised from noise, over the sampler's grid from T - 1."""
+    """A sample (B, C, *S) in [-1, 1]: noise drawn (``scheduler.noise``) and denoised over the sampler's grid
+    from T - 1, as diffusers' pipelines start from ``randn * init_noise_sigma`` (1 for these schedulers)."""
     scheduler = build_scheduler(cfg, sampler.kind)
     timesteps = timesteps_from(scheduler, sampler, cfg.num_train_timesteps - 1)
-    blank = torch.zeros(shape, device=device)
-    eps = make_noise(blank, cfg, generator=generator)
-    start = torch.full((shape[0],), timesteps[0], dtype=torch.long, device=blank.device)
-    x_t = scheduler.add_noise(original_samples=blank, noise=eps, timesteps=start)
+    x_t = make_noise(torch.empty(shape, device=device), cfg, generator=generator)
     return denoise(denoiser, x_t, scheduler, timesteps, sampler, generator=generator).clamp(-1, 1)
 
 
