@@ -117,9 +117,9 @@ def detect_split(model_dir: Path, case: Path, device: str, repeats: int = 2) -> 
     import tempfile
 
     from anodiff.data.cases import discover
-    from anodiff.modelfolder import load_model
-    from anodiff.training import pick_device
-    from anodiff.workflows import detect_cases
+    from anodiff.distributed import pick_device
+    from anodiff.methods import load_model
+    from anodiff.recipes import detect_cases
 
     model = load_model(model_dir, device=pick_device(device))
     [found] = discover(case.parent).cases
@@ -143,7 +143,7 @@ def untrained_default_model(out: Path, case_dir: Path, steps: int) -> Path:
     from anodiff.models import build_network
 
     folder = out / "default-recipe-untrained"
-    config = load_config(ROOT / "configs" / "ddpm2d.yaml", [f"anomaly.num_inference_steps={steps}"])
+    config = load_config(ROOT / "configs" / "ddpm2d.yaml", [f"sampler.num_inference_steps={steps}"])
     modalities = discover(case_dir).cases[0].images
     network = build_network(config.model, in_channels=len(modalities))
     save_model(folder, config, network, {"kind": "ddpm", "modalities": sorted(modalities), "threshold": 1.0})
@@ -166,12 +166,12 @@ def main() -> None:
 
     training = {"ddpm": train(anodiff, out, "ddpm", device, []),
                 "ldm": train(anodiff, out, "ldm", device, LDM_SETTINGS)}
-    rows = [evaluate(anodiff, out, "ddpm", "DDPM full reverse", device, ["anomaly.sampler=ddpm"])]
-    rows += [evaluate(anodiff, out, "ddpm", f"DDIM-{k}", device, [f"anomaly.num_inference_steps={k}"])
+    rows = [evaluate(anodiff, out, "ddpm", "DDPM full reverse", device, ["sampler.kind=ddpm"])]
+    rows += [evaluate(anodiff, out, "ddpm", f"DDIM-{k}", device, [f"sampler.num_inference_steps={k}"])
              for k in args.steps]
     rows.append(evaluate(anodiff, out, "ddpm", "DDIM-10, eta 0 (deterministic)", device,
-                         ["anomaly.num_inference_steps=10", "anomaly.eta=0"]))
-    rows.append(evaluate(anodiff, out, "ldm", "LDM DDIM-10", device, ["anomaly.num_inference_steps=10"]))
+                         ["sampler.num_inference_steps=10", "sampler.eta=0"]))
+    rows.append(evaluate(anodiff, out, "ldm", "LDM DDIM-10", device, ["sampler.num_inference_steps=10"]))
 
     case = brats_sized_case(anodiff, out)
     splits = {"bench DDPM (DDIM-10)": detect_split(out / "ddpm", case, device)}

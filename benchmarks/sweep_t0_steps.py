@@ -1,6 +1,6 @@
 """Dice/AUROC of one trained model against the noise level t0 and the number of DDIM steps.
 
-Each setting is an ``anodiff evaluate`` run with ``anomaly.t0`` / ``anomaly.num_inference_steps``
+Each setting is an ``anodiff evaluate`` run with ``anomaly.t0`` / ``sampler.num_inference_steps``
 overrides; the threshold is recalibrated for each setting on the model's own held-out
 healthy cases, so every calibrated Dice is honest.
 
@@ -32,7 +32,7 @@ def main() -> None:
         for steps in args.steps:
             out = args.out / f"t0_{t0}_steps_{steps}"
             command = [anodiff, "-q", "evaluate", "--model", str(args.model), "--data", str(args.data),
-                       "--out", str(out), f"anomaly.t0={t0}", f"anomaly.num_inference_steps={steps}"]
+                       "--out", str(out), f"anomaly.t0={t0}", f"sampler.num_inference_steps={steps}"]
             print("$", " ".join(command), flush=True)
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
             report = json.loads((out / "report.json").read_text())
