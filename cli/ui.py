@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from anodiff.progress import Progress as ProgressFn
 
 # Wide tables when piped or captured (rich would fall back to 80 columns).
 stdout = Console(width=None if sys.stdout.isatty() else 160)
@@ -39,7 +41,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 @contextmanager
 def progress_bar(description: str, *, transient: bool = False,
-                 disable: bool = False) -> Iterator[Callable[[int, int], None]]:
+                 disable: bool = False) -> Iterator[ProgressFn]:
     """A rich progress bar on stderr, exposed to the library as ``progress(done, total)``."""
     with Progress(
         TextColumn("[bold]{task.description}"),
