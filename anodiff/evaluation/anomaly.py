@@ -96,8 +96,20 @@ def anomaly_report(figures: dict, methods: dict[str, dict], rows: list[dict]) ->
              "Dice: *calibrated* = label-free threshold at the healthy FPR fixed at training; *val-best* = "
              "threshold chosen on the other cases (leave one out); *best possible* = upper bound on these cases. "
              "Pooled = over all brain voxels of the test set; per-volume = mean over lesion cases."]
-    return Report(title=title, notes=notes, tables=[_methods_table(figures), *_breakdown_tables(figures)],
-                  figures=figures, rows=rows)
+    tables = [_methods_table(figures), *_breakdown_tables(figures)]
+    if figures.get("healthy_floor"):
+        tables.append(floor_table(figures["healthy_floor"]))
+    return Report(title=title, notes=notes, tables=tables, figures=figures, rows=rows)
+
+
+def floor_table(floor: dict) -> Table:
+    """The model's healthy floor (measured at calibration) by zone: what a lesion must stand above."""
+    rows = [(zone.replace("_", " "), str(z["voxels"]), fmt(z["score_mean"], 4), fmt(z["score_p99"], 4),
+             fmt(z["ssim_mean"])) for zone, z in floor["zones"].items()]
+    return Table("Healthy floor (held-out healthy slices at calibration, input grid)",
+                 ("zone", "voxels", "score mean", "score p99", "SSIM"), rows,
+                 note=f"Zones from the {floor['zones_from']} intensities: brain edge (3 mm), rim of the ventricles, "
+                      "white matter, cortex. The calibrated threshold is the overall score's 1 - FPR quantile.")
 
 
 def _methods_table(figures: dict) -> Table:

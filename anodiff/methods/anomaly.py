@@ -27,9 +27,10 @@ from anodiff.diffusion.sampler import build_scheduler
 from anodiff.diffusion.spaces import PixelSpace, Space, to_model_range
 from anodiff.errors import ConfigError, DataError
 from anodiff.evaluation.baseline import baseline_modality, baseline_score
+from anodiff.evaluation.floor import floor_figures, floor_samples, ssim_map, tissue_zones, zone_modality
 from anodiff.evaluation.metrics import calibrate_threshold
 from anodiff.evaluation.report import Report
-from anodiff.figures import save_grid
+from anodiff.figures import BLUE, RED, focus_slice, ras_view, save_grid, save_overlay
 from anodiff.inference.prediction import Prediction
 from anodiff.io import read_volume
 from anodiff.methods.base import Method, check_image_size, checkpoint_identity, preview_inputs, seeded
@@ -92,7 +93,7 @@ class AnomalyMethod(Method):
         if not distributed.is_main():
             return
         model = TrainedModel(config=config, network=network.eval(), meta=meta, folder=out, space=space)
-        meta |= calibrate(model, val_cases, progress=progress)
+        meta |= calibrate(model, val_cases, progress=progress, figure=out / "healthy_floor.png")
         save_model(out, config, network, meta)
 
     def train_denoiser(self, train_set, latents: torch.Tensor | None, space: Space, modalities: tuple[str, ...],
@@ -141,7 +142,12 @@ class AnomalyMethod(Method):
         return len(meta["modalities"])
 
     def describe(self, model: TrainedModel) -> str:
-        return f"threshold {model.meta['threshold']:.4g} at {model.config.anomaly.fpr:.1%} healthy FPR"
+        line = f"threshold {model.meta['threshold']:.4g} at {model.config.anomaly.fpr:.1%} healthy FPR"
+        zones = model.meta.get("healthy_floor", {}).get("zones", {})
+        if zones:
+            line += "; healthy floor, score p99 / SSIM: " + ", ".join(
+                f"{zone.replace('_', ' ')} {z['score_p99']:.3f} / {z['ssim_mean']:.3f}" for zone, z in zones.items())
+        return line
 
     def threshold(self, model: TrainedModel, given: float | None) -> float:
         chosen = given if given is not None else model.config.anomaly.threshold
@@ -207,21 +213,29 @@ def training_meta(kind: str, data: Path, layouts, modalities: tuple[str, ...], c
     }
 
 
-def calibrate(model: TrainedModel, healthy_cases: list[Case], *, seed: int = 0,
-              progress: Progress | None = None) -> dict:
-    """Thresholds at the configured healthy false-positive rate, for anodiff and the intensity baseline.
+def calibrate(model: TrainedModel, healthy_cases: list[Case], *, seed: int = 0, progress: Progress | None = None,
+              figure: Path | None = None) -> dict:
+    """Thresholds at the configured healthy false-positive rate, for anodiff and the intensity baseline, and
+    the healthy floor (:mod:`anodiff.evaluation.floor`; a PNG of the first case to ``figure``).
 
     Voxels used: brain voxels of the axial slices without any label voxel (the
     same healthy definition as training), on the input grid, as detection sees them.
     """
-    model_scores, baseline_scores = [], []
+    model_scores, baseline_scores, floors = [], [], []
+    modality = zone_modality(model.modalities)
     for index, case in enumerate(healthy_cases):
         result = detect(model.network, model.config, case, model.modalities, threshold=np.inf, space=model.space,
-                        generator=torch.Generator().manual_seed(seed))
+                        generator=torch.Generator().manual_seed(seed), detail=True)
         healthy = result.brain & healthy_slices(case, result.brain.shape)
         model_scores.append(result.maps["score"][healthy])
         image = baseline_image(case, model.modalities, result)
         baseline_scores.append(baseline_score(image, result.brain)[healthy])
+        zones = tissue_zones(result.maps["normalised"][model.modalities.index(modality)], result.brain,
+                             result.reference.spacing_mm, modality)
+        floors.append(floor_samples(result.maps["score"], ssim_map(result.maps["normalised"],
+                                                                   result.maps["reconstruction"]), zones, healthy))
+        if figure is not None and index == 0:
+            save_floor_figure(figure, result, zones, healthy)
         if progress is not None:
             progress(index + 1, len(healthy_cases), f"calibrating {case.id}")
     fpr = model.config.anomaly.fpr
@@ -230,6 +244,7 @@ def calibrate(model: TrainedModel, healthy_cases: list[Case], *, seed: int = 0,
         "baseline_threshold": calibrate_threshold(baseline_scores, fpr),
         "calibration": {"fpr": fpr, "cases": [c.id for c in healthy_cases],
                         "voxels": int(sum(s.size for s in model_scores))},
+        "healthy_floor": {"zones_from": modality, "zones": floor_figures(floors)},
     }
 
 
@@ -273,3 +288,19 @@ def baseline_image(case: Case, modalities: tuple[str, ...], result: Prediction) 
     """The baseline's image (X, Y, Z); reuses what detection already read when it is the same file."""
     name = baseline_modality(list(case.images), modalities)
     return result.reference.data if name == modalities[0] else read_volume(case.images[name]).data
+
+
+def save_floor_figure(path: Path, result: Prediction, zones: dict[str, np.ndarray], healthy: np.ndarray) -> None:
+    """PNG of the healthy axial slice with most brain: normalised input, reconstruction, score, the zones (grey
+    levels: edge, white matter, cortex, ventricle rim from dark to bright), and the rim (red) and edge (blue)."""
+    ras = ras_view(result.reference.affine)
+    z = focus_slice(ras(healthy & result.brain))
+    base = ras(result.maps["normalised"][0])[..., z]
+    recon = ras(result.maps["reconstruction"][0] * result.brain)[..., z]
+    score = ras(result.maps["score"])
+    top = float(np.percentile(score[score > 0], 99.9)) if (score > 0).any() else 1.0
+    levels = np.zeros_like(base)
+    for value, name in ((0.25, "brain_edge"), (0.5, "white_matter"), (0.75, "cortex"), (1.0, "ventricle_rim")):
+        levels[ras(zones[name])[..., z]] = value
+    save_overlay(path, base, [recon, np.clip(score[..., z] / max(top, 1e-6), 0, 1), levels],
+                 [(ras(zones["ventricle_rim"])[..., z], RED), (ras(zones["brain_edge"])[..., z], BLUE)])

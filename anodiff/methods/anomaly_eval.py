@@ -65,7 +65,8 @@ def evaluate_anomaly(method: Method, model: TrainedModel, data: Path, *, seed: i
     figures = {"model": str(model.folder), "data": str(data), "num_cases": len(cases),
                "num_lesion_cases": sum(1 for t in scores["truths"] if t.any()), "network_evals_per_slice": evals,
                "seconds_per_volume": float(np.mean(seconds)), "peak_gpu_memory_mb": peak_gpu_memory_mb(),
-               "anomaly": config_to_dict(model.config.anomaly), "sampler": config_to_dict(model.config.sampler)}
+               "anomaly": config_to_dict(model.config.anomaly), "sampler": config_to_dict(model.config.sampler),
+               "healthy_floor": model.meta.get("healthy_floor")}
     return anomaly_report(figures, methods, rows)
 
 

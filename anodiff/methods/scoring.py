@@ -92,7 +92,8 @@ def detect(network: torch.nn.Module, config: RunConfig, case: Case, modalities: 
            progress: Progress | None = None) -> Prediction:
     """Score one case and threshold it, on the input's own grid (see the module doc).
 
-    Maps: ``score`` (X, Y, Z); with ``detail``, ``reconstruction`` (C, X, Y, Z) in [0, 1].
+    Maps: ``score`` (X, Y, Z); with ``detail``, ``reconstruction`` and ``normalised`` (the input as the network
+    saw it), (C, X, Y, Z) in [0, 1].
     """
     timings = Timings()
     with timings.measure("preprocess_s"):
@@ -108,5 +109,6 @@ def detect(network: torch.nn.Module, config: RunConfig, case: Case, modalities: 
         maps = {"score": score_map}
         if detail:
             maps["reconstruction"] = prepared.on_input_grid(grid["reconstruction"])
+            maps["normalised"] = prepared.on_input_grid(prepared.image.float())
     return Prediction(mask=mask, maps=maps, reference=prepared.reference, brain=brain, threshold=threshold,
                       timings=dict(timings), num_network_evals=evals, num_slices=num_slices)
