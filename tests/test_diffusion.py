@@ -111,3 +111,19 @@ def test_stochastic_ddim_adds_seeded_noise_at_each_step():
     torch.testing.assert_close(run(1.0), run(1.0), rtol=0, atol=0)
     assert not torch.equal(run(1.0), run(0.0))
     assert not torch.equal(run(1.0, seed=0), run(1.0, seed=1))
+
+
+@pytest.mark.parametrize("num_steps", [1, 3, 10])
+def test_ddim_t0_starts_at_t0_on_a_grid_its_step_agrees_with(num_steps):
+    """MONAI's DDIM grid (linspace) can start far below t0 (one step: t = 0, no noise at all); ddim_t0 starts at
+    t0 exactly, each step lands where DDIMScheduler.step goes (t - T // n), and an oracle still recovers x_0."""
+    sampler = SamplerConfig(kind="ddim_t0", num_inference_steps=num_steps)
+    scheduler = build_scheduler(CFG, "ddim_t0")
+    steps = timesteps_from(scheduler, sampler, 60)
+    stride = CFG.num_train_timesteps // scheduler.num_inference_steps
+    assert steps[0] == 60 and len(steps) == num_steps and all(a - b == stride for a, b in zip(steps, steps[1:]))
+    default = SchedulerConfig()  # the demo's schedule: MONAI's DDIM-1 from t0 = 250 visits t = 0 only
+    assert timesteps_from(build_scheduler(default, "ddim"), SamplerConfig(num_inference_steps=1), 250) == [0]
+    x_0 = torch.rand(2, 1, 8, 8) * 2 - 1
+    x_hat = reconstruct(oracle(scheduler, x_0), x_0, CFG, sampler, t0=60, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(x_hat, x_0, atol=1e-4, rtol=0)

@@ -141,7 +141,9 @@ class SchedulerConfig:
 class SamplerConfig:
     """How a sample is denoised (:mod:`anodiff.diffusion.sampler`), by detection and segmentation alike."""
 
-    kind: Literal["ddim", "ddpm"] = "ddim"  # ddpm: the full reverse chain, for reference
+    # ddim: MONAI's DDIM grid from its first step at or below t0; ddim_t0: DDIM from exactly t0, on a grid its
+    # step agrees with (one step: a one-pass x_0 estimate); ddpm: the full reverse chain, for reference.
+    kind: Literal["ddim", "ddim_t0", "ddpm"] = "ddim"
     num_inference_steps: int = 10  # DDIM steps: from t0 back to 0 (detection), or from noise (segdiff)
     eta: float = 0.0  # DDIM noise: 0 deterministic; 1 fresh noise at each step, as in the DDPM reverse chain
 

@@ -38,28 +38,52 @@ class SamplerKind:
     """What one sampler is: the sampling loop itself is shared (:func:`denoise`)."""
 
     scheduler: type[Scheduler]
-    grid_size: Callable[[int, int, int], int]  # (num_train_timesteps, t0, num_steps) -> set_timesteps(n)
-    visits: Callable[[int, int], int | None]  # (t0, num_steps) -> timesteps visited from t0 (None: all)
+    timesteps: Callable[[Scheduler, int, int], list[int]]  # (scheduler, t0, num_steps) -> descending, set up
     step: StepFn
     returns_prediction: bool  # the result is the last step's predicted x_0 (else its x_{t-1})
 
 
+def _grid_from(scheduler: Scheduler, size: int, t0: int, visits: int | None) -> list[int]:
+    """The scheduler's own grid of ``size`` steps, from its first t at or below ``t0`` (img2img's
+    ``scheduler.timesteps[start:]``), ``visits`` of them (None: all)."""
+    scheduler.set_timesteps(size)
+    grid = scheduler.timesteps
+    start = int((grid > t0).sum())  # the grid is descending: skip the steps above t0
+    return [int(t) for t in grid[start : None if visits is None else start + visits]]
+
+
+def _grid_at_t0(scheduler: Scheduler, t0: int, num_steps: int) -> list[int]:
+    """``num_steps`` timesteps from exactly ``t0``, ``T // n`` apart, the stride ``DDIMScheduler.step`` takes
+    from t to the previous step: the grid and the step agree, and one step is a one-pass x_0 from t0."""
+    total = scheduler.num_train_timesteps
+    scheduler.set_timesteps(min(total, max(1, round(total * num_steps / t0))))
+    stride = total // scheduler.num_inference_steps
+    return [t0 - i * stride for i in range(num_steps) if t0 - i * stride >= 0]
+
+
+def _ddim_step(scheduler, output, t, x_t, eta, generator):
+    return scheduler.step(output, t, x_t, eta=eta, generator=generator)
+
+
 SAMPLERS: dict[str, SamplerKind] = {
-    # A grid about t0 // K apart (set_timesteps(T // (t0 // K))), K steps from its first t at or below t0;
-    # the last step's predicted x_0 is the result, with no extra network pass.
+    # MONAI's DDIM grid about t0 // K apart (set_timesteps(T // (t0 // K))), K steps from its first t at or
+    # below t0; the last step's predicted x_0 is the result, with no extra network pass. MONAI 1.6 spaces
+    # its grid by linspace(T - 1, 0, n) while step() goes back T // n: the first t can lie well below t0
+    # (K = 1 visits t = 0 only), hence "ddim_t0".
     "ddim": SamplerKind(
         scheduler=DDIMScheduler,
-        grid_size=lambda total, t0, num_steps: total // max(1, t0 // num_steps),
-        visits=lambda t0, num_steps: num_steps,
-        step=lambda scheduler, output, t, x_t, eta, generator: scheduler.step(output, t, x_t, eta=eta,
-                                                                               generator=generator),
+        timesteps=lambda scheduler, t0, k: _grid_from(scheduler, scheduler.num_train_timesteps // max(1, t0 // k),
+                                                      t0, k),
+        step=_ddim_step,
         returns_prediction=True,
     ),
+    # DDIM from exactly t0, on a grid the step agrees with (:func:`_grid_at_t0`).
+    "ddim_t0": SamplerKind(scheduler=DDIMScheduler, timesteps=_grid_at_t0, step=_ddim_step,
+                           returns_prediction=True),
     # The full reverse chain, every t <= t0 (DDPMScheduler.step uses alphas_cumprod[t - 1]): a reference.
     "ddpm": SamplerKind(
         scheduler=DDPMScheduler,
-        grid_size=lambda total, t0, num_steps: total,
-        visits=lambda t0, num_steps: None,
+        timesteps=lambda scheduler, t0, k: _grid_from(scheduler, scheduler.num_train_timesteps, t0, None),
         step=lambda scheduler, output, t, x_t, eta, generator: scheduler.step(output, t, x_t, generator=generator),
         returns_prediction=False,
     ),
@@ -87,12 +111,7 @@ def build_scheduler(cfg: SchedulerConfig, kind: str = "ddpm", *, clip_sample: bo
 
 def timesteps_from(scheduler: Scheduler, sampler: SamplerConfig, t0: int) -> list[int]:
     """The descending timesteps in [0, t0] that ``sampler`` visits from ``t0``; sets ``scheduler``'s grid."""
-    kind = sampler_kind(sampler.kind)
-    scheduler.set_timesteps(kind.grid_size(scheduler.num_train_timesteps, t0, sampler.num_inference_steps))
-    grid = scheduler.timesteps
-    start = int((grid > t0).sum())  # the grid is descending: skip the steps above t0
-    visits = kind.visits(t0, sampler.num_inference_steps)
-    return [int(t) for t in grid[start : None if visits is None else start + visits]]
+    return sampler_kind(sampler.kind).timesteps(scheduler, t0, sampler.num_inference_steps)
 
 
 def num_network_evals(cfg: SchedulerConfig, sampler: SamplerConfig, t0: int) -> int:
