@@ -46,6 +46,7 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Slack allowed between the bytes a NIfTI header promises and what its gzip
 # stream holds (extensions, padding); more than this is refused as a bomb.
 _GZIP_SLACK_BYTES = 1 << 20
+_MAX_VOX_OFFSET = 1 << 24  # NIfTI data follow the header and its extensions: megabytes at most
 # Larger images are refused before any voxel is read: 2**28 voxels is 1 GiB as
 # float32, over 25x a 1 mm whole-head scan; a header claiming more is corrupt or hostile.
 MAX_VOXELS = 1 << 28
@@ -233,7 +234,7 @@ def _gunzip_checked(path: Path) -> bytes:
             body = stream.read(max(expected - len(head), 0) + _GZIP_SLACK_BYTES)
             if stream.read(1):
                 raise DataError(f"{path}: decompresses to far more data than its header promises")
-    except (OSError, EOFError, zlib.error) as err:
+    except (OSError, EOFError, OverflowError, zlib.error) as err:
         raise DataError(f"{path}: truncated or corrupt gzip stream ({_one_line(err)})") from err
     return head + body
 
@@ -250,7 +251,10 @@ def _nifti_expected_bytes(path: Path, head: bytes) -> int:
                 _check_size(path, hdr.get_data_shape())
                 nbytes = int(np.prod([int(d) for d in hdr.get_data_shape()], dtype=np.int64))
                 nbytes *= max(int(hdr["bitpix"]) // 8, 1)
-                return int(hdr["vox_offset"]) + nbytes
+                offset = float(hdr["vox_offset"])
+                if not 0 <= offset <= _MAX_VOX_OFFSET:  # a damaged header would have gzip read without end
+                    raise DataError(f"{path}: implausible header (voxel data said to start at byte {offset:g})")
+                return int(offset) + nbytes
     raise DataError(f"{path}: not a NIfTI image (no NIfTI-1 or NIfTI-2 header)")
 
 

@@ -251,3 +251,15 @@ def test_detect_on_odd_files_keeps_the_grid_or_fails_in_one_line(name, tiny_mode
     source, mask = nib.load(scan), nib.load(out)
     assert mask.shape == source.shape[:3] and mask.get_data_dtype() == np.uint8
     np.testing.assert_allclose(mask.affine, source.affine, atol=1e-4)
+
+
+def test_a_header_placing_the_voxels_beyond_any_file_is_refused(tmp_path):
+    """A flipped byte in vox_offset once sent gzip reading without end (OverflowError, a traceback)."""
+    raw = bytearray(nib.Nifti1Image(np.arange(64, dtype=np.float32).reshape(4, 4, 4), np.eye(4)).to_bytes())
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(bytes(raw)))
+    header["vox_offset"] = 3e18
+    raw[:348] = header.binaryblock
+    path = tmp_path / "far.nii.gz"
+    path.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DataError, match="implausible header"):
+        read_volume(path)
