@@ -31,7 +31,7 @@ def main() -> None:
              "Dice best possible | s/volume |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     settings = [(kind, t0, steps) for kind in args.samplers for t0 in args.t0 for steps in args.steps]
     for kind, t0, steps in settings:
-        out = args.out / f"{kind}_t0_{t0}_steps_{steps}"
+        out = args.out / f"{kind}-t0-{t0}-steps-{steps}"
         command = [anodiff, "-q", "evaluate", "--model", str(args.model), "--data", str(args.data), "--out", str(out),
                    f"sampler.kind={kind}", f"anomaly.t0={t0}", f"sampler.num_inference_steps={steps}"]
         print("$", " ".join(command), flush=True)
