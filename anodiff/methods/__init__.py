@@ -54,10 +54,10 @@ def load_model(folder: str | Path, *, device: torch.device | str = "cpu") -> Tra
     folder = Path(folder)
     raw, meta = read_folder(folder)
     try:
-        kind = raw.get("model", {}).get("kind", "ddpm") if isinstance(raw, dict) else "ddpm"
-        method = method_for(kind)
-        if isinstance(raw, dict):
-            raw = upgrade_saved(raw, sampler_from=method.sampler_section)
+        if not isinstance(raw, dict):
+            raise ConfigError("a config must be a mapping of sections")
+        method = method_for((raw.get("model") or {}).get("kind", "ddpm"))
+        raw = upgrade_saved(raw, sampler_from=method.sampler_section)
         config = validate(build(RunConfig, raw, source=str(folder / "config.yaml"), base_dir=folder))
     except ConfigError as err:
         raise CheckpointError(f"{folder}: unreadable config.yaml or meta.json ({' '.join(str(err).split())})") from err

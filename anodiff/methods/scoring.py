@@ -51,17 +51,21 @@ def score_slices(
     images = slices.to(device)
     x_0 = space.encode(images)
     recon_sum = torch.zeros_like(images)
-    evals = 0
     levels = (cfg.t0, *cfg.extra_t0)
     for t0 in levels:
         for _ in range(cfg.num_draws):
             x_hat = reconstruct(network, x_0, config.scheduler, config.sampler, t0=t0, generator=generator,
                                 clip=space.clip)
             recon_sum += space.decode(x_hat)
-            evals += num_network_evals(config.scheduler, config.sampler, t0)
     recon = recon_sum / (len(levels) * cfg.num_draws)
     residual = (recon - images).abs().mean(dim=1, keepdim=True)
-    return residual.float().cpu(), recon.float().cpu(), evals
+    return residual.float().cpu(), recon.float().cpu(), passes_per_input(config)
+
+
+def passes_per_input(config: RunConfig) -> int:
+    """Network passes per slice (or volume): every noise level, ``num_draws`` times each."""
+    levels = (config.anomaly.t0, *config.anomaly.extra_t0)
+    return config.anomaly.num_draws * sum(num_network_evals(config.scheduler, config.sampler, t0) for t0 in levels)
 
 
 def score_volume(network: torch.nn.Module, prepared: PreparedCase, config: RunConfig, *, space: Space | None = None,
@@ -69,11 +73,8 @@ def score_volume(network: torch.nn.Module, prepared: PreparedCase, config: RunCo
                  progress: Progress | None = None) -> tuple[dict[str, torch.Tensor], int, int]:
     """The anomaly map of one prepared volume on the network grid: ``score`` (1, H, W, D) (filtered, inside
     the eroded brain) and ``reconstruction`` (C, H, W, D); with the network passes per slice and the slices run."""
-    evals = []
-
     def score(batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        residual, recon, count = score_slices(network, batch, config, space=space, generator=generator)
-        evals.append(count)
+        residual, recon, _ = score_slices(network, batch, config, space=space, generator=generator)
         return {"score": residual, "reconstruction": recon}
 
     if config.model.spatial_dims == 3:
@@ -84,7 +85,7 @@ def score_volume(network: torch.nn.Module, prepared: PreparedCase, config: RunCo
     grid["score"] = restrict_to_brain(grid["score"], prepared.brain_grid, median_size=config.anomaly.median_size,
                                       erosion=config.anomaly.brain_erosion)
     num_slices = 1 if config.model.spatial_dims == 3 else len(brain_slices(prepared.brain_grid))
-    return grid, evals[-1], num_slices
+    return grid, passes_per_input(config), num_slices
 
 
 def detect(network: torch.nn.Module, config: RunConfig, case: Case, modalities: tuple[str, ...], *, threshold: float,

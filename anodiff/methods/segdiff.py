@@ -38,7 +38,7 @@ from anodiff.inference.cases import PreparedCase, prepare
 from anodiff.inference.fusion import fuse, uncertainty
 from anodiff.inference.masks import label_map, min_voxels, remove_small_components
 from anodiff.inference.prediction import Prediction, Timings
-from anodiff.inference.volume import map_slices
+from anodiff.inference.volume import brain_slices, map_slices
 from anodiff.methods.base import Method, checkpoint_identity, seeded
 from anodiff.modelfolder import REFERENCE, WEIGHTS, TrainedModel, begin, save_model
 from anodiff.models import build_network, build_reference_unet, count_parameters
@@ -300,4 +300,4 @@ def segment(predictor: Predictor, config: RunConfig, case: Case, modalities: tup
     maps = {"probability": probability, "uncertainty": spread, "samples": restored, "regions": masks}
     return Prediction(mask=label_map(masks), maps=maps, reference=prepared.reference, brain=brain,
                       threshold=threshold, timings=dict(timings), num_network_evals=num_network_evals,
-                      num_slices=int(grid.shape[-1]))
+                      num_slices=len(brain_slices(prepared.brain_grid)))
