@@ -30,6 +30,12 @@ MOVED_KEYS = {
     "segmentation.num_inference_steps": "sampler.num_inference_steps",
     "segmentation.eta": "sampler.eta",
 }
+# Keys added since: a model folder saved without one keeps the behaviour it was calibrated with.
+ADDED_KEYS = {
+    "data.normalisation": "percentiles",
+    "anomaly.score": "residual",
+    "anomaly.combine": "mean",
+}
 REMOVED_KEYS = {
     "data.healthy_only": "each method chooses its slices (healthy ones, or all for segdiff)",
     "train.num_workers": "training slices are held in memory, no loader workers",
@@ -79,7 +85,8 @@ def config_to_yaml(config: Any) -> str:
 
 def upgrade_saved(raw: dict[str, Any], *, sampler_from: str) -> dict[str, Any]:
     """A saved config.yaml of an older anodiff, in today's keys: the sampler settings of section
-    ``sampler_from`` (the one the model's method used) move to ``sampler``; removed keys are dropped."""
+    ``sampler_from`` (the one the model's method used) move to ``sampler``; removed keys are dropped; keys
+    added since take the value that reproduces the old behaviour."""
     raw = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
     moved: dict[str, Any] = {}
     for old, new in MOVED_KEYS.items():
@@ -94,6 +101,10 @@ def upgrade_saved(raw: dict[str, Any], *, sampler_from: str) -> dict[str, Any]:
         section, key = old.split(".")
         if isinstance(raw.get(section), dict):
             raw[section].pop(key, None)
+    for added, old_value in ADDED_KEYS.items():
+        section, key = added.split(".")
+        if isinstance(raw.get(section), dict):
+            raw[section].setdefault(key, old_value)
     return raw
 
 

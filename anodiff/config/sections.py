@@ -19,7 +19,11 @@ class DataConfig:
     modalities: tuple[str, ...] | None = None  # None: those every training case has
     spacing_mm: tuple[float, float, float] | None = None  # resample first; None keeps the scan's grid
     image_size: int = 128  # in-plane size (and depth in 3D) after crop to the brain
-    percentiles: tuple[float, float] = (0.5, 99.5)  # intensity range inside the brain mapped to [0, 1]
+    # Intensities inside the brain, per volume and channel: "percentiles" maps [p_low, p_high] to [0, 1] (a large
+    # bright lesion moves p_high and darkens the rest of its scan); "median" maps p_low to 0 and the brain's median
+    # to 0.4, which a lesion can hardly move, so healthy tissue keeps its level and a bright lesion its contrast.
+    normalisation: Literal["percentiles", "median"] = "percentiles"
+    percentiles: tuple[float, float] = (0.5, 99.5)  # (p_low, p_high), in percent
     crop_margin: int = 2  # voxels kept around the brain's bounding box
     slice_range: tuple[float, float] = (0.0, 1.0)  # axial slices kept, as fractions of the brain's extent
     min_brain_fraction: float = 0.05  # slices with less brain than this share of the slice are dropped
@@ -187,6 +191,11 @@ class AnomalyConfig:
     t0: int = 250  # noise level the scan is noised to, out of num_train_timesteps
     extra_t0: tuple[int, ...] = ()  # further noise levels; the residuals of all levels are averaged
     num_draws: int = 1  # reconstructions averaged per noise level (different noise draws)
+    # The map: "residual", |x - x_hat|; "zscore", the signed residual standardised by healthy residuals of the
+    # same intensity and edge strength (fitted at calibration; see anodiff.inference.standardise). Modalities
+    # are combined by their "mean" or their "max" (a lesion seen in one contrast is then not diluted).
+    score: Literal["residual", "zscore"] = "zscore"
+    combine: Literal["mean", "max"] = "mean"
     median_size: int = 3  # median filter on the map, in voxels of the network grid; 0 or 1: off
     brain_erosion: int = 1  # voxels eroded from the brain mask before scoring
     fpr: float = 0.01  # healthy false-positive rate that fixes the calibrated threshold

@@ -12,8 +12,9 @@ back to the scan's own grid with ``Compose.inverse``):
 3. ``CropForegroundd`` to the brain's bounding box (plus a margin).
 4. ``Resized`` so the longest side is ``image_size`` (aspect kept), then
    ``SpatialPadd`` to a square ``image_size`` in-plane (2D) or a cube (3D).
-5. :class:`NormalizeInsideBraind`: per volume and channel, the intensity
-   percentiles taken *inside the brain* map to [0, 1], clipped; 0 outside.
+5. :class:`NormalizeInsideBraind`: per volume and channel, intensities taken
+   *inside the brain* map to [0, 1] (percentiles, or the median to a fixed level),
+   clipped; 0 outside.
    MONAI's ``ScaleIntensityRangePercentilesd`` takes percentiles over the whole
    array, so the share of background (i.e. the field of view) would move them.
 
@@ -89,16 +90,25 @@ class LoadCased(MapTransform):
         return out
 
 
-class NormalizeInsideBraind(MapTransform):
-    """Map each channel's [p_low, p_high] percentiles inside ``brain`` to [0, 1]; 0 outside.
+MEDIAN_LEVEL = 0.4  # where "median" normalisation puts the brain's median: healthy tissue stays below ~0.8
 
-    Percentiles as in nnU-Net's CT scheme (0.5, 99.5), taken per volume and per
-    channel over brain voxels only, so the field of view does not move them.
+
+class NormalizeInsideBraind(MapTransform):
+    """Map each channel's intensities inside ``brain`` to [0, 1], clipped; 0 outside.
+
+    ``percentiles``: [p_low, p_high] to [0, 1], as in nnU-Net's CT scheme (0.5, 99.5).
+    ``median``: p_low to 0 and the median to :data:`MEDIAN_LEVEL`. A lesion filling
+    a tenth of the brain moves the median by a few percent, but p_high by a third,
+    so only ``median`` keeps healthy tissue at its level and a bright lesion's contrast.
+    Statistics are taken per volume and per channel over brain voxels only, so the
+    field of view does not move them.
     """
 
-    def __init__(self, percentiles: tuple[float, float] = (0.5, 99.5)) -> None:
+    def __init__(self, percentiles: tuple[float, float] = (0.5, 99.5),
+                 normalisation: Literal["percentiles", "median"] = "percentiles") -> None:
         super().__init__(keys=[IMAGE])
         self.percentiles = percentiles
+        self.normalisation = normalisation
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         out = dict(data)
@@ -109,8 +119,10 @@ class NormalizeInsideBraind(MapTransform):
             if values.numel() == 0:
                 normalised[c] = 0
                 continue
-            q = torch.tensor([p / 100 for p in self.percentiles], dtype=values.dtype)
-            lo, hi = torch.quantile(_subsample(values), q)
+            q = torch.tensor([p / 100 for p in self.percentiles] + [0.5], dtype=values.dtype)
+            lo, hi, median = torch.quantile(_subsample(values), q)
+            if self.normalisation == "median":
+                hi = lo + (median - lo) / MEDIAN_LEVEL
             scaled = (image[c] - lo) / torch.clamp(hi - lo, min=1e-6)
             normalised[c] = torch.where(brain, scaled.clamp(0, 1), torch.zeros_like(scaled))
         out[IMAGE] = normalised
@@ -145,7 +157,7 @@ def preprocessing(
         ),
         SpatialPadd(keys=keys, spatial_size=(size, size, -1) if spatial_dims == 2 else (size, size, size)),
         # Last, on the final grid, so that the brain mask also zeroes what resizing smeared outside it.
-        NormalizeInsideBraind(cfg.percentiles),
+        NormalizeInsideBraind(cfg.percentiles, cfg.normalisation),
     ]
     return Compose(steps)
 

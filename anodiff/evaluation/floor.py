@@ -2,8 +2,9 @@
 
 No anomaly score beats its own floor: a lesion is found only where it stands
 above the residual of healthy tissue like it. On held-out healthy brain, on the
-input grid, this module reads the anomaly score (what detection thresholds: mean
-and 99th percentile) and the SSIM between the normalised input and its
+input grid, this module reads the plain residual |x - x_hat| (averaged over
+modalities and median-filtered like the map, whatever the map's ``anomaly.score``:
+mean and 99th percentile; named ``score_*`` in meta.json) and the SSIM between the normalised input and its
 reconstruction, overall and in four zones found from the scan itself, with no
 atlas or label:
 

@@ -16,7 +16,16 @@ from monai.transforms import Compose
 
 from anodiff.config import DataConfig
 from anodiff.data.cases import Case, discover
-from anodiff.data.transforms import BRAIN, IMAGE, REFERENCE, anodiff_errors, case_item, preprocessing, to_input_grid
+from anodiff.data.transforms import (
+    BRAIN,
+    IMAGE,
+    LABEL,
+    REFERENCE,
+    anodiff_errors,
+    case_item,
+    preprocessing,
+    to_input_grid,
+)
 from anodiff.errors import DataError
 from anodiff.io import Volume, strip_image_suffix
 
@@ -38,6 +47,11 @@ class PreparedCase:
         return self.item[BRAIN].as_tensor()
 
     @property
+    def label_grid(self) -> torch.Tensor | None:
+        """(1, H, W, D) label values on the network's grid, when prepared ``with_label`` from a labelled case."""
+        return self.item[LABEL].as_tensor() if LABEL in self.item else None
+
+    @property
     def reference(self) -> Volume:
         return self.item[REFERENCE]
 
@@ -51,17 +65,23 @@ class PreparedCase:
         return to_input_grid(self.chain, self.item[IMAGE], values).numpy().astype(np.float32)
 
 
-def prepare(case: Case, modalities: tuple[str, ...], data_cfg: DataConfig, spatial_dims: int = 2) -> PreparedCase:
-    """Preprocess one case for a model (the chain of :mod:`anodiff.data.transforms`)."""
+def prepare(case: Case, modalities: tuple[str, ...], data_cfg: DataConfig, spatial_dims: int = 2, *,
+            with_label: bool = False) -> PreparedCase:
+    """Preprocess one case for a model (the chain of :mod:`anodiff.data.transforms`); ``with_label`` also
+    takes its label (when it has one) onto the network grid (:attr:`PreparedCase.label_grid`)."""
     missing = [m for m in modalities if m not in case.images]
     if missing:
         raise DataError(
             f"case {case.id}: the model needs modalities {list(modalities)}, but {missing} "
             f"{'is' if len(missing) == 1 else 'are'} missing (it has {list(case.images)})"
         )
-    chain = preprocessing(data_cfg, with_label=False, spatial_dims=spatial_dims, keep_reference=True)
+    with_label = with_label and case.label is not None
+    chain = preprocessing(data_cfg, with_label=with_label, spatial_dims=spatial_dims, keep_reference=True)
+    item = case_item(case, modalities)
+    if not with_label:
+        item.pop("label_path", None)
     with anodiff_errors():
-        return PreparedCase(chain, chain(case_item(case, modalities)))
+        return PreparedCase(chain, chain(item))
 
 
 def match_modalities(case: Case, modalities: tuple[str, ...]) -> Case:

@@ -18,6 +18,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
+from scipy import ndimage
 
 from anodiff import distributed
 from anodiff.config import RunConfig, config_to_dict, with_overrides
@@ -31,10 +32,12 @@ from anodiff.evaluation.floor import floor_figures, floor_samples, ssim_map, tis
 from anodiff.evaluation.metrics import calibrate_threshold
 from anodiff.evaluation.report import Report
 from anodiff.figures import BLUE, RED, focus_slice, ras_view, save_grid, save_overlay
+from anodiff.inference.cases import PreparedCase, prepare
 from anodiff.inference.prediction import Prediction
+from anodiff.inference.standardise import ResidualStats, edge_strength
 from anodiff.io import read_volume
 from anodiff.methods.base import Method, check_image_size, checkpoint_identity, preview_inputs, seeded
-from anodiff.methods.scoring import detect, score_slices
+from anodiff.methods.scoring import detect, finish, reconstruct_volume, score_slices
 from anodiff.modelfolder import WEIGHTS, TrainedModel, begin, save_model
 from anodiff.models import build_network, count_parameters
 from anodiff.progress import Progress, staged
@@ -43,6 +46,8 @@ from anodiff.training.objectives import DenoisingObjective
 from anodiff.weights import load_weights
 
 log = logging.getLogger(__name__)
+
+STATS_CASES = 8  # calibration cases the healthy residual statistics are fitted on (their grids are kept in memory)
 
 
 class AnomalyMethod(Method):
@@ -159,8 +164,9 @@ class AnomalyMethod(Method):
     def predict(self, model: TrainedModel, case: Case, *, threshold: float, generator: torch.Generator | None = None,
                 samples: int | None = None, detail: bool = False, prepared=None,
                 progress: Progress | None = None) -> Prediction:
-        return detect(model.network, model.config, case, model.modalities, threshold=threshold, space=model.space,
-                      generator=generator, detail=detail, progress=progress)
+        return detect(model.network, model.config, case, model.modalities, threshold=threshold,
+                      stats=residual_stats(model), space=model.space, generator=generator, detail=detail,
+                      progress=progress)
 
     def evaluate(self, model: TrainedModel, data: Path, *, seed: int = 0, samples: int | None = None,
                  overrides: list[str] | None = None, overlays: Path | None = None,
@@ -169,6 +175,12 @@ class AnomalyMethod(Method):
 
         model = with_anomaly_settings(model, overrides or [], progress=staged(progress, "recalibrating"))
         return evaluate_anomaly(self, model, data, seed=seed, overlays=overlays, progress=progress)
+
+
+def residual_stats(model: TrainedModel) -> ResidualStats | None:
+    """The healthy residual statistics fitted at calibration (``anomaly.score: zscore``), if any."""
+    raw = model.meta.get("residual_stats")
+    return ResidualStats.from_dict(raw) if raw else None
 
 
 def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
@@ -215,37 +227,78 @@ def training_meta(kind: str, data: Path, layouts, modalities: tuple[str, ...], c
 
 def calibrate(model: TrainedModel, healthy_cases: list[Case], *, seed: int = 0, progress: Progress | None = None,
               figure: Path | None = None) -> dict:
-    """Thresholds at the configured healthy false-positive rate, for anodiff and the intensity baseline, and
+    """Thresholds at the configured healthy false-positive rate, for anodiff and the intensity baseline; the
+    healthy residual statistics a ``zscore`` map needs (fitted first, on up to :data:`STATS_CASES` cases); and
     the healthy floor (:mod:`anodiff.evaluation.floor`; a PNG of the first case to ``figure``).
 
     Voxels used: brain voxels of the axial slices without any label voxel (the
     same healthy definition as training), on the input grid, as detection sees them.
     """
+    config = model.config
+    kept = {}
+    stats = None
+    if config.anomaly.score == "zscore":
+        samples = []
+        for index, case in enumerate(healthy_cases[:STATS_CASES]):
+            kept[index] = reconstructed(model, case, seed)
+            samples.append(healthy_samples(*kept[index], config.model.spatial_dims, seed))
+            if progress is not None:
+                progress(index + 1, len(healthy_cases), f"calibrating {case.id}")
+        stats = ResidualStats.fit(*(np.concatenate(parts, axis=1) for parts in zip(*samples)))
     model_scores, baseline_scores, floors = [], [], []
     modality = zone_modality(model.modalities)
+    fitted_on = len(kept)
     for index, case in enumerate(healthy_cases):
-        result = detect(model.network, model.config, case, model.modalities, threshold=np.inf, space=model.space,
-                        generator=torch.Generator().manual_seed(seed), detail=True)
+        prepared, grid = kept.pop(index) if index in kept else reconstructed(model, case, seed)
+        result = finish(prepared, grid, config, stats, threshold=np.inf, detail=True)
         healthy = result.brain & healthy_slices(case, result.brain.shape)
         model_scores.append(result.maps["score"][healthy])
         image = baseline_image(case, model.modalities, result)
         baseline_scores.append(baseline_score(image, result.brain)[healthy])
         zones = tissue_zones(result.maps["normalised"][model.modalities.index(modality)], result.brain,
                              result.reference.spacing_mm, modality)
-        floors.append(floor_samples(result.maps["score"], ssim_map(result.maps["normalised"],
-                                                                   result.maps["reconstruction"]), zones, healthy))
+        floors.append(floor_samples(result.maps["residual"], ssim_map(result.maps["normalised"],
+                                                                      result.maps["reconstruction"]), zones, healthy))
         if figure is not None and index == 0:
             save_floor_figure(figure, result, zones, healthy)
-        if progress is not None:
+        if progress is not None and index >= fitted_on:  # the first ones were counted as they were fitted on
             progress(index + 1, len(healthy_cases), f"calibrating {case.id}")
-    fpr = model.config.anomaly.fpr
+    fpr = config.anomaly.fpr
     return {
         "threshold": calibrate_threshold(model_scores, fpr),
         "baseline_threshold": calibrate_threshold(baseline_scores, fpr),
         "calibration": {"fpr": fpr, "cases": [c.id for c in healthy_cases],
                         "voxels": int(sum(s.size for s in model_scores))},
+        "residual_stats": stats.to_dict() if stats is not None else None,
         "healthy_floor": {"zones_from": modality, "zones": floor_figures(floors)},
     }
+
+
+def reconstructed(model: TrainedModel, case: Case, seed: int) -> tuple[PreparedCase, dict[str, torch.Tensor]]:
+    """A calibration case prepared (with its label on the network grid) and reconstructed."""
+    prepared = prepare(case, model.modalities, model.config.data, model.config.model.spatial_dims, with_label=True)
+    grid = reconstruct_volume(model.network, prepared, model.config, space=model.space,
+                              generator=torch.Generator().manual_seed(seed))
+    return prepared, grid
+
+
+def healthy_samples(prepared: PreparedCase, grid: dict[str, torch.Tensor], spatial_dims: int, seed: int,
+                    limit: int = 200_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Residual, reconstruction and edge strength (C, N) of up to ``limit`` healthy brain voxels of one case on
+    the network grid: brain slices with no label voxel on them or next to them (a 3D model: a lesion-free volume)."""
+    inside = prepared.brain_grid[0].numpy() > 0
+    label = prepared.label_grid
+    if label is not None and (label > 0).any():
+        if spatial_dims == 3:
+            return tuple(np.zeros((grid["residual"].shape[0], 0), np.float32) for _ in range(3))
+        lesion_on = ndimage.binary_dilation((label[0] > 0).flatten(0, 1).any(0).numpy(), iterations=1)
+        inside &= ~lesion_on[None, None, :]
+    where = np.flatnonzero(inside)
+    if where.size > limit:
+        where = np.sort(np.random.default_rng(seed).choice(where, limit, replace=False))
+    edges = edge_strength(grid["reconstruction"], spatial_dims)
+    flat = lambda values: values.flatten(1).numpy()[:, where]  # noqa: E731
+    return flat(grid["residual"]), flat(grid["reconstruction"]), flat(edges)
 
 
 def with_anomaly_settings(model: TrainedModel, overrides: list[str], *, progress: Progress | None = None

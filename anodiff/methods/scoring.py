@@ -6,8 +6,9 @@ The recipe (Pinaya et al. 2022; Wyatt et al. 2022, AnoDDPM):
 2. batch all brain-holding axial slices (or, in 3D, the whole volume) into the
    model's diffusion space (pixels, or an LDM's latents) and through the sampler
    (noise to ``t0``, denoise back), then decode;
-3. the map is the absolute residual averaged over modalities, median-filtered,
-   restricted to the (eroded) brain;
+3. the map is each modality's residual, as it is (``anomaly.score: residual``) or
+   standardised by healthy residuals like it (``zscore``, :mod:`anodiff.inference.standardise`),
+   combined over modalities (mean or max), median-filtered, restricted to the (eroded) brain;
 4. the map goes back to the input's own grid, where it is thresholded (calibrated
    on healthy held-out data, or given) and components below a minimum volume are removed.
 
@@ -16,6 +17,8 @@ This module does not train, and it does not compute metrics.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -23,27 +26,28 @@ from anodiff.config import RunConfig
 from anodiff.data.cases import Case
 from anodiff.diffusion.sampler import num_network_evals, reconstruct
 from anodiff.diffusion.spaces import PixelSpace, Space
+from anodiff.errors import DataError
 from anodiff.inference.cases import PreparedCase, prepare
 from anodiff.inference.masks import min_voxels, remove_small_components, restrict_to_brain
 from anodiff.inference.prediction import Prediction, Timings
+from anodiff.inference.standardise import ResidualStats, combine, edge_strength
 from anodiff.inference.volume import brain_slices, map_slices, map_volume
 from anodiff.progress import Progress
 
 
-def score_slices(
+def reconstruct_slices(
     network: torch.nn.Module,
     slices: torch.Tensor,
     config: RunConfig,
     *,
     space: Space | None = None,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Residual scores of a batch of images (B, C, *S) in [0, 1]: 2D slices or 3D volumes.
+) -> torch.Tensor:
+    """The healthy reconstruction (B, C, *S) of a batch of images (B, C, *S) in [0, 1]: 2D slices or 3D volumes.
 
     Encodes into the model's diffusion space (pixels, or an autoencoder's latents),
     reconstructs at every noise level (``t0`` and ``extra_t0``), ``num_draws`` times
-    each, decodes, and averages the images. Returns the residual (B, 1, *S), the
-    mean reconstruction (B, C, *S) and the number of network evaluations per input.
+    each, decodes, and averages the images.
     """
     cfg = config.anomaly
     space = space or PixelSpace()
@@ -57,9 +61,15 @@ def score_slices(
             x_hat = reconstruct(network, x_0, config.scheduler, config.sampler, t0=t0, generator=generator,
                                 clip=space.clip)
             recon_sum += space.decode(x_hat)
-    recon = recon_sum / (len(levels) * cfg.num_draws)
-    residual = (recon - images).abs().mean(dim=1, keepdim=True)
-    return residual.float().cpu(), recon.float().cpu(), passes_per_input(config)
+    return (recon_sum / (len(levels) * cfg.num_draws)).float().cpu()
+
+
+def score_slices(network: torch.nn.Module, slices: torch.Tensor, config: RunConfig, *, space: Space | None = None,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The plain residual (B, 1, *S), |x - x_hat| averaged over modalities, of a batch (B, C, *S); with the
+    reconstruction (B, C, *S) and the network passes per input (training previews use it)."""
+    recon = reconstruct_slices(network, slices, config, space=space, generator=generator)
+    return (recon - slices.float().cpu()).abs().mean(dim=1, keepdim=True), recon, passes_per_input(config)
 
 
 def passes_per_input(config: RunConfig) -> int:
@@ -68,48 +78,78 @@ def passes_per_input(config: RunConfig) -> int:
     return config.anomaly.num_draws * sum(num_network_evals(config.scheduler, config.sampler, t0) for t0 in levels)
 
 
-def score_volume(network: torch.nn.Module, prepared: PreparedCase, config: RunConfig, *, space: Space | None = None,
-                 generator: torch.Generator | None = None,
-                 progress: Progress | None = None) -> tuple[dict[str, torch.Tensor], int, int]:
-    """The anomaly map of one prepared volume on the network grid: ``score`` (1, H, W, D) (filtered, inside
-    the eroded brain) and ``reconstruction`` (C, H, W, D); with the network passes per slice and the slices run."""
-    def score(batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        residual, recon, _ = score_slices(network, batch, config, space=space, generator=generator)
-        return {"score": residual, "reconstruction": recon}
+def reconstruct_volume(network: torch.nn.Module, prepared: PreparedCase, config: RunConfig, *,
+                       space: Space | None = None, generator: torch.Generator | None = None,
+                       progress: Progress | None = None) -> dict[str, torch.Tensor]:
+    """One prepared volume on the network grid: ``reconstruction`` and the signed ``residual`` x - x_hat,
+    (C, H, W, D) each, zero on the slices without brain."""
+    def run(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        recon = reconstruct_slices(network, batch, config, space=space, generator=generator)
+        return {"residual": batch.float().cpu() - recon, "reconstruction": recon}
 
     if config.model.spatial_dims == 3:
-        grid = map_volume(score, prepared.image, progress=progress)
+        return map_volume(run, prepared.image, progress=progress)
+    return map_slices(run, prepared.image, prepared.brain_grid, batch_size=config.anomaly.batch_size,
+                      progress=progress)
+
+
+def anomaly_grid(grid: dict[str, torch.Tensor], brain_grid: torch.Tensor, config: RunConfig,
+                 stats: ResidualStats | None) -> torch.Tensor:
+    """The anomaly map (1, H, W, D) of a :func:`reconstruct_volume` grid: per-modality |residual| or |z-score|,
+    combined over modalities, median-filtered, zero outside the eroded brain."""
+    cfg = config.anomaly
+    if cfg.score == "zscore":
+        if stats is None:
+            raise DataError("anomaly.score: zscore needs the healthy residual statistics of a calibration; this "
+                            "model has none (recalibrate, e.g. evaluate --set anomaly.score=zscore)")
+        edges = edge_strength(grid["reconstruction"], config.model.spatial_dims)
+        # Zero outside the brain, where no healthy statistic holds, before the median filter reaches the edge.
+        per_modality = stats.zscores(grid["residual"], grid["reconstruction"], edges).abs() * (brain_grid > 0)
     else:
-        grid = map_slices(score, prepared.image, prepared.brain_grid, batch_size=config.anomaly.batch_size,
-                          progress=progress)
-    grid["score"] = restrict_to_brain(grid["score"], prepared.brain_grid, median_size=config.anomaly.median_size,
-                                      erosion=config.anomaly.brain_erosion)
-    num_slices = 1 if config.model.spatial_dims == 3 else len(brain_slices(prepared.brain_grid))
-    return grid, passes_per_input(config), num_slices
+        per_modality = grid["residual"].abs()
+    score = combine(per_modality, cfg.combine)
+    return restrict_to_brain(score, brain_grid, median_size=cfg.median_size, erosion=cfg.brain_erosion)
+
+
+def num_slices_run(prepared: PreparedCase, config: RunConfig) -> int:
+    """Network inputs per volume: its brain slices (2D models), or 1 (3D)."""
+    return 1 if config.model.spatial_dims == 3 else len(brain_slices(prepared.brain_grid))
 
 
 def detect(network: torch.nn.Module, config: RunConfig, case: Case, modalities: tuple[str, ...], *, threshold: float,
-           space: Space | None = None, generator: torch.Generator | None = None, detail: bool = False,
-           progress: Progress | None = None) -> Prediction:
-    """Score one case and threshold it, on the input's own grid (see the module doc).
-
-    Maps: ``score`` (X, Y, Z); with ``detail``, ``reconstruction`` and ``normalised`` (the input as the network
-    saw it), (C, X, Y, Z) in [0, 1].
-    """
+           stats: ResidualStats | None = None, space: Space | None = None, generator: torch.Generator | None = None,
+           detail: bool = False, progress: Progress | None = None) -> Prediction:
+    """Score one case and threshold it, on the input's own grid (see the module doc)."""
     timings = Timings()
     with timings.measure("preprocess_s"):
         prepared = prepare(case, modalities, config.data, config.model.spatial_dims)
     with timings.measure("network_s"):
-        grid, evals, num_slices = score_volume(network, prepared, config, space=space, generator=generator,
-                                               progress=progress)
+        grid = reconstruct_volume(network, prepared, config, space=space, generator=generator, progress=progress)
+    return finish(prepared, grid, config, stats, threshold=threshold, detail=detail, timings=timings)
+
+
+def finish(prepared: PreparedCase, grid: dict[str, torch.Tensor], config: RunConfig, stats: ResidualStats | None,
+           *, threshold: float, detail: bool = False, timings: Timings | None = None) -> Prediction:
+    """From a :func:`reconstruct_volume` grid to a thresholded prediction on the input's own grid.
+
+    Maps: ``score`` (X, Y, Z); with ``detail``, ``residual`` (X, Y, Z; the plain |x - x_hat| averaged over
+    modalities, median-filtered, the reconstruction's fidelity whatever the score), ``reconstruction`` and
+    ``normalised`` (the input as the network saw it), (C, X, Y, Z) in [0, 1].
+    """
+    timings = timings if timings is not None else Timings()
     with timings.measure("postprocess_s"):
         brain = prepared.brain
-        score_map = np.where(brain, np.clip(prepared.on_input_grid(grid["score"])[0], 0, None), 0).astype(np.float32)
+        on_input = lambda values: np.where(brain, np.clip(prepared.on_input_grid(values)[0], 0, None), 0)  # noqa: E731
+        score_map = on_input(anomaly_grid(grid, prepared.brain_grid, config, stats)).astype(np.float32)
         mask = remove_small_components(score_map > threshold,
                                        min_voxels(config.anomaly.min_component_mm3, prepared.reference.spacing_mm))
         maps = {"score": score_map}
         if detail:
+            plain = replace(config, anomaly=replace(config.anomaly, score="residual", combine="mean"))
+            maps["residual"] = score_map if plain == config else on_input(
+                anomaly_grid(grid, prepared.brain_grid, plain, None)).astype(np.float32)
             maps["reconstruction"] = prepared.on_input_grid(grid["reconstruction"])
             maps["normalised"] = prepared.on_input_grid(prepared.image.float())
     return Prediction(mask=mask, maps=maps, reference=prepared.reference, brain=brain, threshold=threshold,
-                      timings=dict(timings), num_network_evals=evals, num_slices=num_slices)
+                      timings=dict(timings), num_network_evals=passes_per_input(config),
+                      num_slices=num_slices_run(prepared, config))

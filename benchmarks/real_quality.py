@@ -1,0 +1,208 @@
+"""Anomaly-map quality, lever by lever: the old default, each lever alone, the new default, the FLAIR baseline.
+
+One run over up to three data sets:
+
+* ``brats``: leave one case out on a handful of labelled BraTS cases (``--brats``,
+  e.g. ../shared/data/brats2015-sample), with ``configs/brats_cpu.yaml``;
+* ``synth-2mm`` and ``synth-1mm``: a healthy synthetic training cohort and a test
+  cohort with lesions (``anodiff synth``), with ``configs/demo.yaml``.
+
+A lever changes one setting of the old default. Levers that only change how a
+trained model scores (``anomaly.*``, ``sampler.*``) reuse that model through
+``anodiff evaluate`` overrides, which recalibrate the threshold on the model's own
+held-out healthy data; levers that change training train their own model. Every
+figure is measured here; thresholds never see a label. Per data set the table
+gives per-case and mean AUROC, AUPRC, best possible Dice and calibrated Dice, the
+healthy floor (residual p99 and SSIM on held-out healthy brain), network passes
+per slice and seconds per volume. A model folder that is already complete is
+reused, so an interrupted run continues.
+
+    python benchmarks/real_quality.py --brats ../shared/data/brats2015-sample --out runs/real-quality
+    python benchmarks/real_quality.py --sets synth-2mm --out runs/real-quality
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from anodiff.config import config_to_dict, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FIGURES = ("auroc", "auprc", "dice_best_possible", "dice_calibrated")
+
+# The defaults before this benchmark's levers, as overrides of today's configs.
+OLD_TRAINING = ("data.normalisation=percentiles",)
+OLD_SCORING = ("sampler.kind=ddim", "sampler.num_inference_steps=10", "anomaly.extra_t0=[]",
+               "anomaly.score=residual", "anomaly.combine=mean")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A row of the table: training overrides (which model) and scoring overrides (how it is read)."""
+
+    name: str
+    training: tuple[str, ...]
+    scoring: tuple[str, ...]
+
+
+def with_setting(settings: tuple[str, ...], *changes: str) -> tuple[str, ...]:
+    """``settings`` with each ``key=value`` of ``changes`` replacing the one of the same key."""
+    keys = {c.split("=")[0] for c in changes}
+    return tuple(s for s in settings if s.split("=")[0] not in keys) + changes
+
+
+VARIANTS = (
+    Variant("old default (DDIM-10 from t0 250, mean |residual|, percentile normalisation)", OLD_TRAINING,
+            OLD_SCORING),
+    Variant("lever: one-step x0 at t0 (1 pass)", OLD_TRAINING,
+            with_setting(OLD_SCORING, "sampler.kind=ddim_t0", "sampler.num_inference_steps=1")),
+    Variant("lever: one-step x0 at t0 100, 250, 400 averaged (3 passes)", OLD_TRAINING,
+            with_setting(OLD_SCORING, "sampler.kind=ddim_t0", "sampler.num_inference_steps=1",
+                         "anomaly.extra_t0=[100,400]")),
+    Variant("lever: z-scored residual (healthy statistics), mean over modalities", OLD_TRAINING,
+            with_setting(OLD_SCORING, "anomaly.score=zscore")),
+    Variant("lever: max |residual| over modalities", OLD_TRAINING,
+            with_setting(OLD_SCORING, "anomaly.combine=max")),
+    Variant("new default (the config as it is)", (), ()),
+    Variant("lever: median normalisation (retrained)", ("data.normalisation=median",), OLD_SCORING),
+)
+
+
+def run(*command: str) -> None:
+    print(f"$ {shlex.join(command)}", flush=True)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+
+def link_cases(cases: list[Path], folder: Path) -> Path:
+    """A folder of links to ``cases`` (inputs are never copied)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        target = folder / case.name
+        if not target.exists():
+            target.symlink_to(case.resolve(), target_is_directory=True)
+    return folder
+
+
+def brats_folds(data: Path, out: Path) -> list[tuple[str, Path, Path]]:
+    """Leave one case out: (held-out case, training folder, test folder)."""
+    cases = sorted(p for p in data.iterdir() if p.is_dir())
+    return [(held_out.name, link_cases([c for c in cases if c != held_out], out / held_out.name / "train"),
+             link_cases([held_out], out / held_out.name / "test")) for held_out in cases]
+
+
+def synthetic_folds(anodiff: str, spacing: float, out: Path) -> list[tuple[str, Path, Path]]:
+    """The demo's cohorts (8 healthy training subjects, 12 test subjects) at ``spacing`` mm."""
+    cohorts = (("train", 8, 1, ["--healthy-only"]), ("test", 12, 2, ["--healthy-fraction", "0.17"]))
+    for part, cases, seed, extra in cohorts:
+        if not (out / part / "cohort.json").exists():
+            run(anodiff, "synth", "--out", str(out / part), "--cases", str(cases), "--seed", str(seed),
+                "--spacing", str(spacing), "--overwrite", *extra)
+    return [("cohort", out / "train", out / "test")]
+
+
+def trained(anodiff: str, train: Path, config: Path, overrides: tuple[str, ...], model: Path) -> Path:
+    """A model folder for these training overrides; one already complete is reused."""
+    meta = model / "meta.json"
+    if not (meta.exists() and "threshold" in json.loads(meta.read_text())):
+        run(anodiff, "-q", "train", "--data", str(train), "--config", str(config), "--out", str(model),
+            "--overwrite", *overrides)
+    return model
+
+
+def training_recipe(config: Path, overrides: tuple[str, ...]) -> str:
+    """What a model trained with ``overrides`` depends on: every section but the scoring ones."""
+    raw = config_to_dict(load_config(config, overrides))
+    return json.dumps({k: v for k, v in raw.items() if k not in ("anomaly", "sampler")}, sort_keys=True, default=str)
+
+
+def evaluated(anodiff: str, model: Path, test: Path, overrides: tuple[str, ...], out: Path) -> dict:
+    """``anodiff evaluate`` with scoring overrides (recalibrated); its report.json, reused when present."""
+    report = out / "report.json"
+    if not report.exists():
+        run(anodiff, "-q", "evaluate", "--model", str(model), "--data", str(test), "--out", str(out), *overrides)
+    return json.loads(report.read_text())
+
+
+def row(report: dict, method: str) -> dict[str, float]:
+    """The figures of one method in a report, with the model's healthy floor and cost."""
+    m = report["methods"][method]
+    floor = (report.get("healthy_floor") or {}).get("zones", {}).get("overall", {})
+    return {"auroc": m["auroc_pooled"], "auprc": m["auprc_pooled"],
+            "dice_best_possible": m["dice_best_possible_pooled"],
+            "dice_calibrated": m["dice_calibrated_pooled"], "floor_p99": floor.get("score_p99", np.nan),
+            "floor_ssim": floor.get("ssim_mean", np.nan), "passes": report["network_evals_per_slice"],
+            "seconds": report["seconds_per_volume"]}
+
+
+def table(name: str, rows: list[tuple[str, str, dict[str, float]]], seconds: float) -> str:
+    """Markdown: per-case rows and a mean row per variant, then the baseline."""
+    columns = ("AUROC", "AUPRC", "Dice best possible", "Dice calibrated", "healthy residual p99", "healthy SSIM",
+               "passes/slice", "s/volume")
+    keys = (*FIGURES, "floor_p99", "floor_ssim", "passes", "seconds")
+    lines = [f"### {name} ({seconds / 60:.0f} min)", "", "| setting | case | " + " | ".join(columns) + " |",
+             "|" + " --- |" * (len(columns) + 2)]
+    fmt = lambda v: "-" if v is None or np.isnan(v) else (f"{v:.0f}" if float(v).is_integer() and v > 1 else f"{v:.3f}")  # noqa: E731
+    for variant in dict.fromkeys(v for v, _, _ in rows):
+        mine = [(case, figures) for v, case, figures in rows if v == variant]
+        if len(mine) > 1:
+            lines += [f"| {variant} | {case} | " + " | ".join(fmt(f[k]) for k in keys) + " |" for case, f in mine]
+        means = {k: float(np.nanmean([f[k] for _, f in mine])) for k in keys}
+        lines.append(f"| **{variant}** | mean | " + " | ".join(fmt(means[k]) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def benchmark(anodiff: str, name: str, folds, config: Path, out: Path) -> str:
+    """Every variant on every fold of one data set, variant by variant (a table printed after each); its table."""
+    start = time.perf_counter()
+    rows, baselines = [], {}
+    models: dict[tuple[str, str], Path] = {}  # by fold and training recipe: one model per distinct recipe
+    for index, variant in enumerate(VARIANTS):
+        for case, train, test in folds:
+            key = (case, training_recipe(config, variant.training))
+            if key not in models:
+                folder = out / case / f"model-{sum(1 for c, _ in models if c == case)}"
+                models[key] = trained(anodiff, train, config, variant.training, folder)
+            report = evaluated(anodiff, models[key], test, variant.scoring, out / case / f"report-{index}")
+            rows.append((variant.name, case, row(report, "anodiff")))
+            baseline = next(m for m in report["methods"] if m != "anodiff")
+            baselines[case] = row(report, baseline) | {"passes": np.nan, "seconds": np.nan, "floor_p99": np.nan,
+                                                       "floor_ssim": np.nan}
+        print(table(name, rows + [(baseline, c, f) for c, f in baselines.items()], time.perf_counter() - start),
+              flush=True)
+    return table(name, rows + [(baseline, c, f) for c, f in baselines.items()], time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/real-quality"))
+    parser.add_argument("--brats", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
+                        / "brats2015-sample")
+    parser.add_argument("--sets", nargs="+", default=["brats", "synth-2mm", "synth-1mm"],
+                        choices=["brats", "synth-2mm", "synth-1mm"])
+    args = parser.parse_args()
+    anodiff = str(Path(sys.executable).with_name("anodiff"))
+    start = time.perf_counter()
+    tables = []
+    for name in args.sets:
+        folder = args.out / name
+        if name == "brats":
+            folds, config = brats_folds(args.brats, folder), CONFIGS / "brats_cpu.yaml"
+        else:
+            folds, config = synthetic_folds(anodiff, float(name.split("-")[1][:-2]), folder), CONFIGS / "demo.yaml"
+        tables.append(benchmark(anodiff, name, folds, config, folder))
+        (args.out / "summary.md").write_text("\n\n".join(tables) + "\n", encoding="utf-8")
+    print("\n\n".join(tables))
+    print(f"\nreal_quality finished in {(time.perf_counter() - start) / 60:.0f} min: {args.out / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    main()

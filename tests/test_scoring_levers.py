@@ -1,0 +1,103 @@
+"""The levers of the anomaly map: a normalisation lesions cannot move, residuals standardised by healthy
+tissue like them, modalities combined without diluting a lesion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from anodiff.config import AnomalyConfig, ModelConfig, RunConfig
+from anodiff.data.transforms import BRAIN, IMAGE, NormalizeInsideBraind
+from anodiff.errors import DataError
+from anodiff.inference.standardise import ResidualStats, combine, edge_strength
+from anodiff.methods.scoring import anomaly_grid
+
+
+def normalised(image: np.ndarray, brain: np.ndarray, how: str) -> np.ndarray:
+    item = {IMAGE: MetaTensor(torch.from_numpy(image[None])), BRAIN: MetaTensor(torch.from_numpy(brain[None] * 1.0))}
+    return NormalizeInsideBraind((0.5, 99.5), how)(item)[IMAGE][0].numpy()
+
+
+def tissue(with_lesion: bool, lesion_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 'brain' of three tissues (fluid 40, grey 100, white 130, + noise) and, optionally, a bright lesion (300)
+    filling a share of it."""
+    rng = np.random.default_rng(0)
+    image = np.select([rng.random((40, 40, 20)) < p for p in (0.2, 0.55)], [40.0, 100.0], 130.0)
+    image += rng.normal(0, 5, image.shape)
+    brain = np.ones(image.shape, bool)
+    brain[:2] = False
+    lesion = np.zeros(image.shape, bool)
+    if with_lesion:
+        lesion[2:2 + int(38 * lesion_fraction)] = True
+        image[lesion] = 300.0
+    return np.where(brain, image, 0).astype(np.float32), brain, lesion
+
+
+def test_median_normalisation_keeps_healthy_tissue_and_a_bright_lesions_contrast():
+    healthy_image, brain, _ = tissue(False)
+    lesion_image, _, lesion = tissue(True)
+    rest = brain & ~lesion
+    for how, moved in (("percentiles", True), ("median", False)):
+        before = normalised(healthy_image, brain, how)[rest].mean()
+        after = normalised(lesion_image, brain, how)
+        # A lesion filling a tenth of the brain darkens the rest of its scan under percentiles, not under the median.
+        assert (abs(after[rest].mean() - before) > 0.1) == moved, how
+        if how == "median":
+            assert after[lesion].mean() - after[rest].mean() > 0.3  # the lesion stands out, not clipped onto its tissue
+            assert np.percentile(after[rest], 99) < 0.8
+
+
+def edge_phantom() -> tuple[torch.Tensor, torch.Tensor]:
+    """A reconstruction (1, 32, 32, 4) of flat tissue at 0.4 with a bright stripe (0.9) across it, and healthy
+    residuals that are large on the stripe's edges (sharp anatomy, reconstructed loosely) and small elsewhere."""
+    recon = torch.full((1, 32, 32, 4), 0.4)
+    recon[:, 14:18] = 0.9
+    edges = edge_strength(recon, 2)
+    noise = torch.from_numpy(np.random.default_rng(1).normal(size=recon.shape).astype(np.float32))
+    residual = noise * torch.where(edges > 0.5, 0.2, 0.02)
+    return recon, residual
+
+
+def test_zscore_ranks_a_residual_in_flat_tissue_above_the_same_at_a_bright_edge():
+    recon, residual = edge_phantom()
+    edges = edge_strength(recon, 2)
+    stats = ResidualStats.fit(residual.flatten(1).numpy(), recon.flatten(1).numpy(), edges.flatten(1).numpy())
+    test = torch.zeros_like(residual)
+    test[0, 13, 5, 1] = 0.3  # at the stripe's edge, where healthy residuals reach 0.2
+    test[0, 5, 5, 1] = 0.3  # the same residual in flat tissue, where they reach 0.02
+    z = stats.zscores(test, recon, edges)[0].abs()
+    assert z[5, 5, 1] > 4 * z[13, 5, 1]
+    assert z[5, 5, 1] > 5 > z[13, 5, 1]  # well above flat tissue's spread; within the edge's
+    assert ResidualStats.from_dict(stats.to_dict()).zscores(test, recon, edges).equal(stats.zscores(test, recon, edges))
+
+
+def test_max_over_modalities_keeps_a_lesion_seen_in_one_contrast():
+    per_modality = torch.zeros(4, 8, 8, 2)
+    per_modality[2, 4, 4, 1] = 1.0  # visible in one contrast of four
+    assert combine(per_modality, "max")[0, 4, 4, 1] == 1.0
+    assert combine(per_modality, "mean")[0, 4, 4, 1] == 0.25
+
+
+def test_a_zscore_map_needs_healthy_statistics():
+    config = RunConfig(model=ModelConfig(), anomaly=AnomalyConfig(score="zscore", median_size=1, brain_erosion=0))
+    grid = {"residual": torch.zeros(2, 8, 8, 3), "reconstruction": torch.zeros(2, 8, 8, 3)}
+    with pytest.raises(DataError, match="healthy residual statistics"):
+        anomaly_grid(grid, torch.ones(1, 8, 8, 3), config, None)
+
+
+def test_zscore_map_is_zero_outside_the_brain_and_finds_the_outlier():
+    recon, residual = edge_phantom()
+    recon, residual = recon.repeat(2, 1, 1, 1), residual.repeat(2, 1, 1, 1)
+    edges = edge_strength(recon, 2)
+    stats = ResidualStats.fit(residual.flatten(1).numpy(), recon.flatten(1).numpy(), edges.flatten(1).numpy())
+    lesion = residual.clone()
+    lesion[1, 4:7, 4:7, 1:3] += 0.3  # in the second modality only
+    brain = torch.ones(1, 32, 32, 4)
+    brain[0, :, 28:] = 0
+    config = RunConfig(anomaly=AnomalyConfig(score="zscore", combine="max", median_size=3, brain_erosion=0))
+    score = anomaly_grid({"residual": lesion, "reconstruction": recon}, brain, config, stats)[0]
+    assert float(score[:, 28:].abs().max()) == 0
+    top = np.unravel_index(int(score.argmax()), score.shape)
+    assert 4 <= top[0] <= 6 and 4 <= top[1] <= 6 and 1 <= top[2] <= 2
