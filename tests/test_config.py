@@ -95,3 +95,23 @@ def test_a_model_folder_saved_before_the_sampler_section_still_loads(tiny_model,
     (old / "config.yaml").write_text(yaml.safe_dump(raw))
     config = load_model(old).config
     assert config.sampler.num_inference_steps == sampler["num_inference_steps"] and config.sampler.eta == 0.5
+
+
+def test_a_model_folder_saved_before_the_z_scored_map_keeps_its_map(tiny_model, tmp_path):
+    """Keys added since a model was saved take the values it was calibrated with, not today's defaults."""
+    import shutil
+
+    import yaml
+
+    from anodiff.methods import load_model
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model, old)
+    raw = yaml.safe_load((old / "config.yaml").read_text())
+    for section, key in (("anomaly", "score"), ("anomaly", "combine"), ("data", "normalisation")):
+        del raw[section][key]
+    (old / "config.yaml").write_text(yaml.safe_dump(raw))
+    config = load_model(old).config
+    assert (config.anomaly.score, config.anomaly.combine, config.data.normalisation) == ("residual", "mean",
+                                                                                         "percentiles")
+    assert load_model(tiny_model).config.anomaly.score == "zscore"  # today's default, as trained

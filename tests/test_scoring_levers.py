@@ -101,3 +101,21 @@ def test_zscore_map_is_zero_outside_the_brain_and_finds_the_outlier():
     assert float(score[:, 28:].abs().max()) == 0
     top = np.unravel_index(int(score.argmax()), score.shape)
     assert 4 <= top[0] <= 6 and 4 <= top[1] <= 6 and 1 <= top[2] <= 2
+
+
+def test_calibration_fits_the_healthy_statistics_a_zscore_model_detects_with(tiny_model, tiny_cohort):
+    import json
+
+    from anodiff.data.cases import discover
+    from anodiff.methods import load_model, method_for
+    from anodiff.methods.anomaly import residual_stats
+
+    meta = json.loads((tiny_model / "meta.json").read_text())
+    stats = ResidualStats.from_dict(meta["residual_stats"])
+    assert stats.std.shape[0] == len(meta["modalities"]) and (stats.std > 0).all()
+    model = load_model(tiny_model)
+    assert model.config.anomaly.score == "zscore" and residual_stats(model) is not None
+    case = next(c for c in discover(tiny_cohort).cases if c.label is not None)
+    result = method_for(model.config.model.kind).predict(model, case, threshold=meta["threshold"],
+                                                         generator=torch.Generator().manual_seed(0))
+    assert result.maps["score"].max() > meta["threshold"] and result.maps["score"][~result.brain].max() == 0
