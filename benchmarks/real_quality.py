@@ -63,16 +63,17 @@ def with_setting(settings: tuple[str, ...], *changes: str) -> tuple[str, ...]:
 VARIANTS = (
     Variant("old default (DDIM-10 from t0 250, mean |residual|, percentile normalisation)", OLD_TRAINING,
             OLD_SCORING),
+    Variant("new default (the config as it is)", (), ()),
     Variant("lever: one-step x0 at t0 (1 pass)", OLD_TRAINING,
             with_setting(OLD_SCORING, "sampler.kind=ddim_t0", "sampler.num_inference_steps=1")),
+    Variant("lever: z-scored residual (healthy statistics), mean over modalities", OLD_TRAINING,
+            with_setting(OLD_SCORING, "anomaly.score=zscore")),
+    Variant("lever: max over modalities, with the new default's z-scores", OLD_TRAINING,
+            with_setting(OLD_SCORING, "sampler.kind=ddim_t0", "sampler.num_inference_steps=1",
+                         "anomaly.score=zscore", "anomaly.combine=max")),
     Variant("lever: one-step x0 at t0 100, 250, 400 averaged (3 passes)", OLD_TRAINING,
             with_setting(OLD_SCORING, "sampler.kind=ddim_t0", "sampler.num_inference_steps=1",
                          "anomaly.extra_t0=[100,400]")),
-    Variant("lever: z-scored residual (healthy statistics), mean over modalities", OLD_TRAINING,
-            with_setting(OLD_SCORING, "anomaly.score=zscore")),
-    Variant("lever: max |residual| over modalities", OLD_TRAINING,
-            with_setting(OLD_SCORING, "anomaly.combine=max")),
-    Variant("new default (the config as it is)", (), ()),
     Variant("lever: median normalisation (retrained)", ("data.normalisation=median",), OLD_SCORING),
 )
 
