@@ -51,7 +51,7 @@ class Variant:
 
     name: str
     training: tuple[str, ...]
-    scoring: tuple[str, ...]
+    scoring: tuple[str, ...] | None  # None: the config's own scoring settings (a reused model may hold others)
 
 
 def with_setting(settings: tuple[str, ...], *changes: str) -> tuple[str, ...]:
@@ -63,7 +63,7 @@ def with_setting(settings: tuple[str, ...], *changes: str) -> tuple[str, ...]:
 VARIANTS = (
     Variant("old default (DDIM-10 from t0 250, mean |residual|, percentile normalisation)", OLD_TRAINING,
             OLD_SCORING),
-    Variant("new default (the config as it is)", (), ()),
+    Variant("new default (the config as it is)", (), None),
     Variant("lever: one-step x0 at t0 (1 pass)", OLD_TRAINING,
             with_setting(OLD_SCORING, "sampler.kind=ddim_t0", "sampler.num_inference_steps=1")),
     Variant("lever: z-scored residual (healthy statistics), mean over modalities", OLD_TRAINING,
@@ -125,6 +125,14 @@ def training_recipe(config: Path, overrides: tuple[str, ...]) -> str:
     return json.dumps({k: v for k, v in raw.items() if k not in ("anomaly", "sampler")}, sort_keys=True, default=str)
 
 
+def scoring_settings(config: Path) -> tuple[str, ...]:
+    """The config's sampler and anomaly settings as overrides, so a model trained under other ones scores as
+    the config says (evaluate recalibrates for them)."""
+    raw = config_to_dict(load_config(config))
+    return tuple(f"{section}.{key}={json.dumps(value)}" for section in ("sampler", "anomaly")
+                 for key, value in raw[section].items() if key != "threshold")
+
+
 def evaluated(anodiff: str, model: Path, test: Path, overrides: tuple[str, ...], out: Path) -> dict:
     """``anodiff evaluate`` with scoring overrides (recalibrated); its report.json, reused when present."""
     report = out / "report.json"
@@ -172,7 +180,8 @@ def benchmark(anodiff: str, name: str, folds, config: Path, out: Path) -> str:
             if key not in models:
                 folder = out / case / f"model-{sum(1 for c, _ in models if c == case)}"
                 models[key] = trained(anodiff, train, config, variant.training, folder)
-            report = evaluated(anodiff, models[key], test, variant.scoring, out / case / f"report-{index}")
+            scoring = variant.scoring if variant.scoring is not None else scoring_settings(config)
+            report = evaluated(anodiff, models[key], test, scoring, out / case / f"report-{index}")
             rows.append((variant.name, case, row(report, "anodiff")))
             baseline = next(m for m in report["methods"] if m != "anodiff")
             baselines[case] = row(report, baseline) | {"passes": np.nan, "seconds": np.nan, "floor_p99": np.nan,
