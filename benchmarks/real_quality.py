@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from anodiff.config import config_to_dict, load_config
+from anodiff.data.cases import link_cases
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FIGURES = ("auroc", "auprc", "dice_best_possible", "dice_calibrated")
@@ -81,16 +82,6 @@ VARIANTS = (
 def run(*command: str) -> None:
     print(f"$ {shlex.join(command)}", flush=True)
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-
-
-def link_cases(cases: list[Path], folder: Path) -> Path:
-    """A folder of links to ``cases`` (inputs are never copied)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for case in cases:
-        target = folder / case.name
-        if not target.exists():
-            target.symlink_to(case.resolve(), target_is_directory=True)
-    return folder
 
 
 def brats_folds(data: Path, out: Path) -> list[tuple[str, Path, Path]]:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from anodiff.data.cases import link_cases
+
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "brats_cpu.yaml"
 FIGURES = ("auroc", "auprc", "dice_calibrated", "dice_best_possible")
 SEGMENTATION_FIGURES = ("dice whole", "hd95 whole", "auroc whole", "auprc whole")
@@ -32,15 +34,6 @@ SEGMENTATION_FIGURES = ("dice whole", "hd95 whole", "auroc whole", "auprc whole"
 def run(*command: str) -> None:
     print(f"\n$ {shlex.join(command)}", flush=True)
     subprocess.run(command, check=True)
-
-
-def link_cases(cases: list[Path], folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for case in cases:
-        target = folder / case.name
-        if not target.exists():
-            target.symlink_to(case.resolve(), target_is_directory=True)
-    return folder
 
 
 def main() -> None:

@@ -106,6 +106,16 @@ def select_modalities(cases: list[Case], modalities: tuple[str, ...] | None) -> 
 # ---------------------------------------------------------------- folders
 
 
+def link_cases(cases: list[Path], folder: Path) -> Path:
+    """``folder`` holding a symbolic link to each case folder (a split of a data set without copying it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        target = folder / case.name
+        if not target.exists():
+            target.symlink_to(case.resolve(), target_is_directory=True)
+    return folder
+
+
 def _discover_folder(root: Path, *, max_depth: int, default_modality: str) -> Discovery:
     groups: dict[str, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
     layouts: dict[str, str] = {}
