@@ -101,7 +101,7 @@ def anomaly_grid(grid: dict[str, torch.Tensor], brain_grid: torch.Tensor, config
     if cfg.score == "zscore":
         if stats is None:
             raise DataError("anomaly.score: zscore needs the healthy residual statistics of a calibration; this "
-                            "model has none (recalibrate, e.g. evaluate --set anomaly.score=zscore)")
+                            "model has none (recalibrate: anodiff evaluate --model M --data D anomaly.score=zscore)")
         edges = edge_strength(grid["reconstruction"], config.model.spatial_dims)
         # Zero outside the brain, where no healthy statistic holds, before the median filter reaches the edge.
         per_modality = stats.zscores(grid["residual"], grid["reconstruction"], edges).abs() * (brain_grid > 0)
