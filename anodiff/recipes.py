@@ -5,6 +5,7 @@ batches of cases with per-case isolation, output files, the report on disk.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -18,7 +19,9 @@ from anodiff import distributed
 from anodiff.config import RunConfig
 from anodiff.data.cases import Case
 from anodiff.errors import AnodiffError, ConfigError, DataError
+from anodiff.evaluation.anomaly import report_of_figures
 from anodiff.evaluation.report import Report
+from anodiff.evaluation.segmentation import segmentation_report
 from anodiff.inference.cases import match_modalities
 from anodiff.inference.prediction import Prediction
 from anodiff.io import strip_image_suffix, write_volume
@@ -162,4 +165,20 @@ def evaluate(model: TrainedModel, data: Path, out: Path, *, seed: int = 0, sampl
     report = method.evaluate(model, data, seed=seed, samples=samples, overrides=overrides,
                              overlays=out / "overlays", progress=progress)
     report.write(out)
+    return report
+
+
+def rerender(folder: Path) -> Report:
+    """Re-render a report folder from its ``report.json`` alone (no network, no map): the curves,
+    ``per_case.csv``, ``summary.md`` and ``report.html``, with the per-case figures still in ``overlays/``."""
+    path = folder / "report.json"
+    if not path.is_file():
+        raise DataError(f"{folder}: no report.json (a folder written by `anodiff evaluate`)")
+    try:
+        figures = json.loads(path.read_text(encoding="utf-8"))
+        report = (segmentation_report(figures, figures["cases"]) if figures.get("kind") == "segdiff"
+                  else report_of_figures(figures))
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: not a report.json anodiff can read ({type(err).__name__}: {err})") from None
+    report.write(folder)
     return report

@@ -53,6 +53,7 @@ class Variant:
     name: str
     training: tuple[str, ...]
     scoring: tuple[str, ...] | None  # None: the config's own scoring settings (a reused model may hold others)
+    on_top: tuple[str, ...] = ()  # scoring changes made on top of ``scoring``
 
 
 def with_setting(settings: tuple[str, ...], *changes: str) -> tuple[str, ...]:
@@ -76,6 +77,10 @@ VARIANTS = (
             with_setting(OLD_SCORING, "sampler.kind=ddim_t0", "sampler.num_inference_steps=1",
                          "anomaly.extra_t0=[100,400]")),
     Variant("lever: median normalisation (retrained)", ("data.normalisation=median",), OLD_SCORING),
+    Variant("lever: new default at t0 100, 250, 400 averaged (3 passes)", (), None, ("anomaly.extra_t0=[100,400]",)),
+    Variant("lever: new default at 96 px, trained on 48 px patches (retrained)",
+            ("data.image_size=96", "train.patch_size=48"), None),
+    Variant("lever: new default at 64 px (retrained)", ("data.image_size=64",), None),
 )
 
 
@@ -171,7 +176,8 @@ def benchmark(anodiff: str, name: str, folds, config: Path, out: Path) -> str:
             if key not in models:
                 folder = out / case / f"model-{sum(1 for c, _ in models if c == case)}"
                 models[key] = trained(anodiff, train, config, variant.training, folder)
-            scoring = variant.scoring if variant.scoring is not None else scoring_settings(config)
+            scoring = with_setting(variant.scoring if variant.scoring is not None else scoring_settings(config),
+                                   *variant.on_top)
             report = evaluated(anodiff, models[key], test, scoring, out / case / f"report-{index}")
             rows.append((variant.name, case, row(report, "anodiff")))
             baseline = next(m for m in report["methods"] if m != "anodiff")

@@ -270,7 +270,22 @@ def evaluate(
         report = evaluate_model(loaded, data, out, seed=seed, samples=samples, overrides=overrides or [],
                                 progress=progress)
     print_report(report)
-    stdout.print(f"report: {out / 'summary.md'}, {out / 'report.json'}, {out / 'per_case.csv'}, {out / 'overlays'}/")
+    stdout.print(f"report: {out / 'report.html'}, {out / 'summary.md'}, {out / 'report.json'}, "
+                 f"{out / 'per_case.csv'}, {out / 'figures'}/, {out / 'overlays'}/")
+
+
+@command
+def report(
+    folder: Annotated[Path, typer.Argument(help="Report folder written by `anodiff evaluate`.")],
+) -> None:
+    """Re-render a report from its report.json alone: curves, summary.md, per_case.csv and report.html.
+
+    No network runs; the per-case figures already in overlays/ are kept and embedded.
+    """
+    from anodiff.recipes import rerender
+
+    print_report(rerender(folder))
+    stdout.print(f"report: {folder / 'report.html'}, {folder / 'summary.md'}, {folder / 'figures'}/")
 
 
 def print_report(report) -> None:

@@ -153,7 +153,9 @@ def test_train_detect_evaluate(segdiff_model, tiny_cohort, tmp_path):
     assert len(report["dice_by_samples"]["dice_per_volume_mean"]) == 3
     assert set(report["uncertainty_by_zone"]["whole"]) == {"border", "inside", "outside"}
     assert (report_dir / "summary.md").read_text(encoding="utf-8").count("| SegDiff") == 2
-    assert len(list((report_dir / "overlays").glob("*.png"))) == report["num_cases"]
+    assert len(list((report_dir / "overlays").glob("*_montage.png"))) == report["num_cases"]
+    assert len(list((report_dir / "overlays").glob("*.png"))) == 2 * report["num_cases"]
+    assert (report_dir / "figures" / "dice_by_samples.png").is_file()
 
 
 def test_detect_options_follow_the_model_kind(segdiff_model, tiny_model, tiny_cohort, tmp_path):

@@ -33,6 +33,7 @@ def test_model_folder_contract(tiny_model):
     assert meta["training_data"]["calibration_cases"]
     assert meta["training"]["samples_per_s"] > 0 and 0 <= meta["training"]["data_wait_fraction"] < 1
     assert list((tiny_model / "samples").glob("*.png"))
+    assert (tiny_model / "loss.png").is_file()  # the loss curve, redrawn at each sample interval
 
 
 def test_train_refuses_an_existing_folder(tiny_model, tiny_cohort):
@@ -104,8 +105,11 @@ def test_evaluate_writes_the_report(tiny_model, tiny_cohort, tmp_path):
         assert 0 <= method["auroc_pooled"] <= 1
         assert method["dice_best_possible_pooled"] >= method["dice_validation_best_pooled"] - 1e-9
     assert set(report["breakdown"]["kind"]) == {"glioma", "wm_lesions", "t1_hypo", "mass"}
-    assert len(list((tmp_path / "report" / "overlays").glob("*.png"))) == 6
-    assert "flair threshold" in (tmp_path / "report" / "summary.md").read_text(encoding="utf-8")
+    assert len(list((tmp_path / "report" / "overlays").glob("*_montage.png"))) == 6  # and a three-view figure each
+    assert len(list((tmp_path / "report" / "overlays").glob("*.png"))) == 12
+    summary = (tmp_path / "report" / "summary.md").read_text(encoding="utf-8")
+    assert "flair threshold" in summary and "![ROC curves](figures/roc.png)" in summary
+    assert (tmp_path / "report" / "report.html").read_text(encoding="utf-8").count("data:image/png;base64,") == 16
     assert "AUROC pooled" in result.stdout
 
 

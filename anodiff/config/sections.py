@@ -174,10 +174,15 @@ class TrainConfig:
     log_every: int = 50
     val_fraction: float = 0.2  # healthy cases held out for threshold calibration
     seed: int = 0
+    # 2D pixel-space denoiser: train on random square patches of this size, centred on the brain, and score
+    # whole slices (the network is convolutional), so a finer image_size costs no more per training step.
+    patch_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_steps < 1 or self.batch_size < 1:
             raise ConfigError("train.num_steps and train.batch_size must be >= 1")
+        if self.patch_size is not None and (self.patch_size < 8 or self.patch_size % 8):
+            raise ConfigError(f"train.patch_size must be a multiple of 8 (>= 8), got {self.patch_size}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 < self.val_fraction < 1:

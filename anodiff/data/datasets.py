@@ -144,6 +144,24 @@ class SliceDataset(torch.utils.data.Dataset):
                 if LABEL in self.volumes[ref.volume] and bool((self.volumes[ref.volume][LABEL][..., ref.z] > 0).any())]
 
 
+def brain_patches(images: torch.Tensor, brains: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """One random ``size`` x ``size`` patch per slice, centred on a random brain pixel (kept inside the slice).
+
+    ``images`` (B, C, H, W), ``brains`` (B, 1, H, W) -> (B, C, size, size). Every draw comes from ``generator``.
+    """
+    height, width = images.shape[-2:]
+    patches = []
+    for image, brain in zip(images, brains):
+        inside = torch.nonzero(brain[0] > 0)
+        if len(inside) == 0:
+            inside = torch.tensor([[height // 2, width // 2]])
+        y, x = inside[int(torch.randint(len(inside), (1,), generator=generator))].tolist()
+        top = min(max(y - size // 2, 0), height - size)
+        left = min(max(x - size // 2, 0), width - size)
+        patches.append(image[:, top:top + size, left:left + size])
+    return torch.stack(patches)
+
+
 class VolumeDataset(torch.utils.data.Dataset):
     """Whole preprocessed volumes, for 3D models.
 

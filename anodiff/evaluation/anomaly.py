@@ -19,6 +19,10 @@ from anodiff.evaluation.metrics import (
     leave_one_out_thresholds,
     nanmean,
     nanstd,
+    operating_point,
+    pr_points,
+    roc_points,
+    score_histograms,
 )
 from anodiff.evaluation.report import Report, Table, fmt, mean_std
 
@@ -58,10 +62,27 @@ def summarize_method(scores: list[np.ndarray], truths: list[np.ndarray], *, cali
         "dice_best_possible_pooled": best_dice,
         "threshold_calibrated": calibrated,
         "threshold_best_possible": best_t,
+        "curves": curves(pooled_s, pooled_t, (candidates, curve), np.concatenate(masks),
+                         (np.concatenate(val_masks), np.concatenate(val_truths)) if val_masks else None),
         "per_case": {"dice_calibrated": per_case_cal, "dice_validation_best": per_case_val,
                      "auroc": per_case_auroc, "auprc": per_case_auprc, "dice_best_possible": per_case_best,
                      "threshold_validation_best": loo},
     }
+
+
+def curves(scores: np.ndarray, truth: np.ndarray, dice_by_threshold: tuple[np.ndarray, np.ndarray],
+           calibrated: np.ndarray, validation_best: tuple[np.ndarray, np.ndarray] | None) -> dict:
+    """What the report's figures draw, kept in report.json so they can be redrawn without the maps: the ROC and
+    PR curves, Dice against the threshold, the score's histograms, and the masks' operating points."""
+    thresholds, dices = dice_by_threshold
+    keep = np.unique(np.linspace(0, len(thresholds) - 1, min(len(thresholds), 200)).astype(int))
+    points = {"calibrated": operating_point(calibrated, truth)}
+    if validation_best is not None:
+        points["validation_best"] = operating_point(*validation_best)
+    return {"roc": roc_points(scores, truth), "pr": pr_points(scores, truth),
+            "dice_by_threshold": {"threshold": thresholds[keep].round(6).tolist(),
+                                  "dice": dices[keep].round(6).tolist()},
+            "histogram": score_histograms(scores, truth), "operating_points": points}
 
 
 def breakdown(rows: list[dict], methods: list[str]) -> dict:
@@ -90,6 +111,11 @@ def anomaly_report(figures: dict, methods: dict[str, dict], rows: list[dict]) ->
                 row[f"{name}: {key}"] = value
     figures = {**figures, "methods": {k: {m: v for m, v in s.items() if m != "per_case"} for k, s in methods.items()},
                "breakdown": breakdown(rows, list(methods)), "cases": rows}
+    return report_of_figures(figures)
+
+
+def report_of_figures(figures: dict) -> Report:
+    """The report of an unsupervised evaluation from its ``report.json`` content alone."""
     title = f"anodiff evaluation: {figures['num_cases']} cases ({figures['num_lesion_cases']} with lesions)"
     notes = [f"Model `{figures['model']}`, data `{figures['data']}`; {figures['network_evals_per_slice']} network "
              f"evaluations per slice, {figures['seconds_per_volume']:.1f} s per volume.",
@@ -99,7 +125,7 @@ def anomaly_report(figures: dict, methods: dict[str, dict], rows: list[dict]) ->
     tables = [_methods_table(figures), *_breakdown_tables(figures)]
     if figures.get("healthy_floor"):
         tables.append(floor_table(figures["healthy_floor"]))
-    return Report(title=title, notes=notes, tables=tables, figures=figures, rows=rows)
+    return Report(title=title, notes=notes, tables=tables, figures=figures, rows=figures["cases"])
 
 
 def floor_table(floor: dict) -> Table:

@@ -1,8 +1,10 @@
-"""One typed report, rendered four ways: terminal (by the CLI), Markdown, JSON and CSV.
+"""One typed report, rendered five ways: terminal (by the CLI), Markdown, JSON, CSV and one HTML page.
 
 A method's evaluation builds a :class:`Report`: its figures (``report.json``), one
 row per case (``per_case.csv``), and the tables and notes every rendering shows,
-already formatted, so the terminal and ``summary.md`` cannot disagree.
+already formatted, so the terminal, ``summary.md`` and ``report.html`` cannot
+disagree. The curves and histograms are drawn from ``report.json`` alone
+(:mod:`.plots`), so a report folder can be re-rendered without running a network.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from anodiff.evaluation.html import to_html
+from anodiff.evaluation.plots import report_figures
 from anodiff.io import replaced_atomically
 
 
@@ -32,7 +36,8 @@ class Report:
     figures: dict  # report.json
     rows: list[dict]  # per_case.csv, one per case
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, images: dict[str, str] | None = None, case_figures: list[str] | None = None) -> str:
+        """The tables, then ``images`` ({caption: path relative to the Markdown file}) and ``case_figures``."""
         lines = [f"# {self.title}", ""]
         for note in self.notes:
             lines += [note, ""]
@@ -43,6 +48,10 @@ class Report:
             lines += ["| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns)]
             lines += ["| " + " | ".join(row) + " |" for row in table.rows]
             lines.append("")
+        if images:
+            lines += ["## Figures", ""] + [f"![{caption}]({path})" for caption, path in images.items()] + [""]
+        if case_figures:
+            lines += ["## Cases", ""] + [f"![{Path(path).stem}]({path})" for path in case_figures] + [""]
         return "\n".join(lines)
 
     def to_csv(self) -> str:
@@ -53,10 +62,16 @@ class Report:
         return buffer.getvalue()
 
     def write(self, folder: Path) -> list[Path]:
-        """report.json, per_case.csv and summary.md in ``folder``, each replaced atomically."""
+        """report.json, per_case.csv, the figures (figures/), summary.md and report.html in ``folder``, each
+        replaced atomically; the per-case figures already in ``folder/overlays`` join the Markdown and HTML."""
         folder.mkdir(parents=True, exist_ok=True)
+        images = report_figures(self.figures, folder / "figures")
+        cases = sorted(p for p in (folder / "overlays").glob("*.png")) if (folder / "overlays").is_dir() else []
+        relative = lambda path: path.relative_to(folder).as_posix()  # noqa: E731
         texts = {"report.json": json.dumps(self.figures, indent=2, default=float), "per_case.csv": self.to_csv(),
-                 "summary.md": self.to_markdown()}
+                 "summary.md": self.to_markdown({c: relative(p) for c, p in images.items()},
+                                                [relative(p) for p in cases]),
+                 "report.html": to_html(self, images, cases)}
         for name, text in texts.items():
             with replaced_atomically(folder / name) as tmp:
                 tmp.write_text(text, encoding="utf-8", newline="")

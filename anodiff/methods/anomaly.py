@@ -23,7 +23,7 @@ from scipy import ndimage
 from anodiff import distributed
 from anodiff.config import RunConfig, config_to_dict, with_overrides
 from anodiff.data.cases import Case, discover, select_modalities
-from anodiff.data.datasets import SliceDataset, VolumeDataset
+from anodiff.data.datasets import SliceDataset, VolumeDataset, brain_patches
 from anodiff.diffusion.sampler import build_scheduler
 from anodiff.diffusion.spaces import PixelSpace, Space, to_model_range
 from anodiff.errors import ConfigError, DataError
@@ -64,6 +64,12 @@ class AnomalyMethod(Method):
                               f"({config.scheduler.num_train_timesteps})")
         if config.scheduler.noise == "simplex" and config.model.spatial_dims == 3:
             raise ConfigError("scheduler.noise: simplex is for 2D pixel-space DDPMs; use gaussian or coarse")
+        patch = config.train.patch_size
+        if patch is not None and (config.model.spatial_dims != 2 or self.downsampling(config) != 1):
+            raise ConfigError("train.patch_size is for 2D pixel-space DDPMs (kind: ddpm, model.spatial_dims: 2)")
+        if patch is not None and (patch > config.data.image_size or patch % 2 ** (len(config.model.channels) - 1)):
+            raise ConfigError(f"train.patch_size ({patch}) must be at most data.image_size "
+                              f"({config.data.image_size}) and a multiple of {2 ** (len(config.model.channels) - 1)}")
 
     def downsampling(self, config: RunConfig) -> int:
         """How many times smaller, per axis, the diffused sample is than the image."""
@@ -110,7 +116,12 @@ class AnomalyMethod(Method):
             index = torch.randint(len(train_set), (config.train.batch_size,), generator=generator)
             if latents is not None:
                 return {"x0": latents[index]}
-            return {"x0": to_model_range(torch.stack([train_set[int(i)]["image"] for i in index]))}
+            items = [train_set[int(i)] for i in index]
+            images = torch.stack([item["image"] for item in items])
+            if config.train.patch_size is not None:
+                brains = torch.stack([item["brain"] for item in items])
+                images = brain_patches(images, brains, config.train.patch_size, generator)
+            return {"x0": to_model_range(images)}
 
         in_channels = len(modalities) if latents is None else latents.shape[1]
         network = seeded(lambda: build_network(config.model, in_channels=in_channels), config.train.seed)

@@ -18,7 +18,7 @@ from anodiff.evaluation.anomaly import anomaly_report, summarize_method
 from anodiff.evaluation.baseline import baseline_modality, baseline_score
 from anodiff.evaluation.metrics import size_bin
 from anodiff.evaluation.report import Report
-from anodiff.figures import GREEN, RED, display_slice, focus_slice, ras_view, save_overlay
+from anodiff.figures import BLUE, GREEN, RED, ras_spacing, ras_view, save_case_figure, save_montage
 from anodiff.inference.cases import labelled_cases
 from anodiff.inference.prediction import Prediction
 from anodiff.io import read_volume
@@ -34,6 +34,8 @@ def evaluate_anomaly(method: Method, model: TrainedModel, data: Path, *, seed: i
     cases, root = labelled_cases(data, model.modalities)
     info = read_cohort_info(root)
     baseline_name = baseline_modality(list(cases[0].images), model.modalities)
+    channel = model.modalities.index(baseline_name) if baseline_name in model.modalities else 0
+    units = "z-score" if model.config.anomaly.score == "zscore" else "|x - x_hat|, normalised intensity"
     rows, seconds, evals = [], [], 0
     scores: dict[str, list[np.ndarray]] = {"anodiff": [], "baseline": [], "masks": [], "truths": []}
     for index, case in enumerate(cases):
@@ -45,7 +47,8 @@ def evaluate_anomaly(method: Method, model: TrainedModel, data: Path, *, seed: i
         label = read_volume(case.label, allow_constant=True).data > 0
         brain = result.brain
         flair = baseline_image(case, model.modalities, result)
-        for name, values in (("anodiff", result.maps["score"]), ("baseline", baseline_score(flair, brain)),
+        reference = baseline_score(flair, brain)
+        for name, values in (("anodiff", result.maps["score"]), ("baseline", reference),
                              ("masks", result.mask > 0), ("truths", label)):
             scores[name].append(values[brain])
         lesion_ml = float(label.sum() * np.prod(result.reference.spacing_mm) / 1000)
@@ -53,7 +56,9 @@ def evaluate_anomaly(method: Method, model: TrainedModel, data: Path, *, seed: i
         rows.append({"case": case.id, "kind": kind, "lesion_ml": round(lesion_ml, 2),
                      "size": size_bin(lesion_ml) if label.any() else "none", "seconds": round(seconds[-1], 2)})
         if overlays is not None:
-            save_detection_overlay(overlays / f"{case.id.replace('/', '_')}.png", flair, result, label)
+            baseline_mask = reference > model.meta["baseline_threshold"]
+            save_detection_figures(overlays, case.id, result, label, (f"{baseline_name} threshold", baseline_mask),
+                                   channel, units)
         if progress is not None:
             progress(index + 1, len(cases), case.id)
     methods = {
@@ -66,19 +71,26 @@ def evaluate_anomaly(method: Method, model: TrainedModel, data: Path, *, seed: i
                "num_lesion_cases": sum(1 for t in scores["truths"] if t.any()), "network_evals_per_slice": evals,
                "seconds_per_volume": float(np.mean(seconds)), "peak_gpu_memory_mb": peak_gpu_memory_mb(),
                "anomaly": config_to_dict(model.config.anomaly), "sampler": config_to_dict(model.config.sampler),
-               "healthy_floor": model.meta.get("healthy_floor")}
+               "healthy_floor": model.meta.get("healthy_floor"), "versions": model.meta.get("versions"),
+               "settings": {k: v for k, v in config_to_dict(model.config).items() if k not in ("anomaly", "sampler")}}
     return anomaly_report(figures, methods, rows)
 
 
-def save_detection_overlay(path: Path, image: np.ndarray, result: Prediction, label: np.ndarray) -> None:
-    """PNG: image, reconstruction, anomaly map, and outlines (red predicted, green true) on one axial slice."""
+def save_detection_figures(folder: Path, case_id: str, result: Prediction, truth: np.ndarray,
+                           baseline: tuple[str, np.ndarray], channel: int, units: str) -> None:
+    """``<case>.png``: three views through the largest lesion of the normalised image, its reconstruction and
+    the anomaly map (colour bar in ``units``), with the outlines of the truth (green), anodiff's mask (red) and
+    the baseline's (blue); ``<case>_montage.png``: the axial slices with most lesion. ``channel`` is the
+    modality shown; ``baseline`` its name and calibrated mask."""
     ras = ras_view(result.reference.affine)
-    img, score, mask, truth = ras(image), ras(result.maps["score"]), ras(result.mask), ras(label.astype(np.uint8))
-    z = focus_slice(truth, score)
-    base = display_slice(img, z)
-    recon = np.zeros_like(base)
-    if "reconstruction" in result.maps:  # shown inside the brain only, as it is scored
-        recon = (ras(result.maps["reconstruction"][0]) * ras(result.brain))[..., z]
-    top = float(np.percentile(score[score > 0], 99.9)) if (score > 0).any() else 1
-    heat = np.clip(score[..., z] / max(top, 1e-6), 0, 1)
-    save_overlay(path, base, [recon, heat], [(mask[..., z] > 0, RED), (truth[..., z] > 0, GREEN)])
+    brain = ras(result.brain)
+    image = ras(result.maps["normalised"][channel])
+    outlines = [("truth", ras(truth.astype(np.uint8)) > 0, GREEN), ("anodiff", ras(result.mask) > 0, RED),
+                (baseline[0], ras(baseline[1].astype(np.uint8)) > 0, BLUE)]
+    panels = [("reconstruction", ras(result.maps["reconstruction"][channel]) * brain, "gray", "", 1.0),
+              ("anomaly map", ras(result.maps["score"]), "inferno", units, None)]
+    spacing = ras_spacing(result.reference.affine, result.reference.spacing_mm)
+    name = case_id.replace("/", "_")
+    save_case_figure(folder / f"{name}.png", case_id, image, panels, outlines, brain, spacing)
+    save_montage(folder / f"{name}_montage.png", f"{case_id}: axial slices with most lesion", image, outlines,
+                 brain, spacing)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anodiff.config import region_labels
+from anodiff.config import config_to_dict, region_labels
 from anodiff.evaluation.metrics import dice, nanmean
 from anodiff.evaluation.report import Report
 from anodiff.evaluation.segmentation import (
@@ -25,7 +25,7 @@ from anodiff.evaluation.segmentation import (
     zone_means,
     zone_summary,
 )
-from anodiff.figures import BLUE, GREEN, RED, display_slice, focus_slice, ras_view, save_overlay
+from anodiff.figures import BLUE, GREEN, RED, ras_spacing, ras_view, save_case_figure, save_montage
 from anodiff.inference.cases import labelled_cases, prepare
 from anodiff.inference.fusion import fuse
 from anodiff.inference.prediction import Prediction
@@ -74,7 +74,7 @@ def evaluate_segdiff(method: SegDiff, model: TrainedModel, data: Path, *, sample
         predicted_zones.append({name: zone_means(spread[r], result.maps["regions"][r], result.brain)
                                 for r, name in enumerate(cfg.regions)})
         if overlays is not None:
-            save_segmentation_overlay(overlays / f"{case.id.replace('/', '_')}.png", result, truth[0], unet)
+            save_segmentation_figures(overlays, case.id, result, truth[0], unet, model.config.segmentation.uncertainty)
         if progress is not None:
             progress(index + 1, len(cases), case.id)
     figures = report_figures(model, data, rows, curves, zones, predicted_zones, pooled, seconds, names, samples)
@@ -123,7 +123,8 @@ def report_figures(model: TrainedModel, data: Path, rows: list[dict], curves: li
         "num_lesion_cases": len(lesion_rows), "samples": samples,
         "network_evals_per_slice_and_sample": model.config.sampler.num_inference_steps, "fusion": cfg.fusion,
         "uncertainty": cfg.uncertainty, "threshold": cfg.threshold, "regions": list(cfg.regions),
-        "peak_gpu_memory_mb": peak_gpu_memory_mb(), "methods": methods,
+        "peak_gpu_memory_mb": peak_gpu_memory_mb(), "methods": methods, "versions": model.meta.get("versions"),
+        "settings": config_to_dict(model.config),
         "dice_by_samples": {"k": list(range(1, samples + 1)),
                             "dice_per_volume_mean": [nanmean(list(c)) for c in lesion_curves.T]},
         "uncertainty_by_zone": zone_summary(zones, cfg.regions),
@@ -131,17 +132,22 @@ def report_figures(model: TrainedModel, data: Path, rows: list[dict], curves: li
     }
 
 
-def save_segmentation_overlay(path: Path, result: Prediction, truth: np.ndarray, unet: Prediction | None) -> None:
-    """PNG of the slice with most lesion: image, fused probability, uncertainty, and outlines (green truth,
-    red SegDiff, blue UNet reference) on the image; below, the same tiles magnified on the lesion."""
+def save_segmentation_figures(folder: Path, case_id: str, result: Prediction, truth: np.ndarray,
+                              unet: Prediction | None, uncertainty: str) -> None:
+    """``<case>.png``: three views through the largest lesion of the image, the fused probability and the
+    uncertainty (colour bars), with the outlines of the truth (green), SegDiff (red) and the UNet reference
+    (blue); ``<case>_montage.png``: the axial slices with most lesion. First region only."""
     ras = ras_view(result.reference.affine)
-    true, found = ras(truth.astype(np.uint8)) > 0, ras(result.maps["regions"][0]) > 0
-    z = focus_slice(true, found)
-    base = display_slice(ras(result.reference.data), z)
-    spread = ras(result.maps["uncertainty"][0])[..., z]
-    spread = np.clip(spread / max(float(spread.max()), 1e-6), 0, 1)
-    outlines = [(true[..., z], GREEN), (found[..., z], RED)]
+    brain = ras(result.brain)
+    image = ras(result.reference.data).astype(np.float32)
+    image = np.clip(image / max(float(np.percentile(image[brain], 99.5)) if brain.any() else 1.0, 1e-6), 0, 1)
+    outlines = [("truth", ras(truth.astype(np.uint8)) > 0, GREEN), ("SegDiff", ras(result.maps["regions"][0]) > 0, RED)]
     if unet is not None:
-        outlines.append((ras(unet.maps["regions"][0])[..., z] > 0, BLUE))
-    save_overlay(path, base, [ras(result.maps["probability"][0])[..., z], spread], outlines,
-                 zoom_on=true[..., z] | found[..., z])
+        outlines.append(("UNet reference", ras(unet.maps["regions"][0]) > 0, BLUE))
+    panels = [("fused probability", ras(result.maps["probability"][0]), "magma", "probability", 1.0),
+              ("uncertainty", ras(result.maps["uncertainty"][0]), "viridis", uncertainty, None)]
+    spacing = ras_spacing(result.reference.affine, result.reference.spacing_mm)
+    name = case_id.replace("/", "_")
+    save_case_figure(folder / f"{name}.png", case_id, image, panels, outlines, brain, spacing)
+    save_montage(folder / f"{name}_montage.png", f"{case_id}: axial slices with most lesion", image, outlines,
+                 brain, spacing)

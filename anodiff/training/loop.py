@@ -25,6 +25,7 @@ from torch import nn
 from anodiff import distributed
 from anodiff.config import TrainConfig
 from anodiff.errors import CheckpointError
+from anodiff.figures import save_loss_curve
 from anodiff.progress import Progress
 from anodiff.training.checkpoints import CHECKPOINT, load_checkpoint, save_checkpoint
 
@@ -113,9 +114,11 @@ def fit(
             progress(done, cfg.num_steps, f"loss {loss:.4f}  {rate:.2f} steps/s")
         if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
             save_checkpoint(checkpoint, objective, ema, optimizer, step=done, config_text=config_text)
-        if on_sample is not None and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.num_steps):
-            on_sample(done, ema.module)
-            objective.train()
+        if cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.num_steps):
+            save_loss_curve(log_path, out_dir / "loss.png")
+            if on_sample is not None:
+                on_sample(done, ema.module)
+                objective.train()
     seconds = time.perf_counter() - meter.began
     result = FitResult(steps_done=cfg.num_steps - start, final_loss=loss, seconds=seconds,
                        samples_per_s=meter.samples * distributed.world_size() / max(seconds, 1e-9),
