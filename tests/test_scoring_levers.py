@@ -3,16 +3,22 @@ tissue like them, modalities combined without diluting a lesion."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
 
-from anodiff.config import AnomalyConfig, ModelConfig, RunConfig
+from anodiff.config import AnomalyConfig, ModelConfig, RunConfig, load_config
+from anodiff.data.datasets import brain_patches
 from anodiff.data.transforms import BRAIN, IMAGE, NormalizeInsideBraind
-from anodiff.errors import DataError
+from anodiff.errors import ConfigError, DataError
 from anodiff.inference.standardise import ResidualStats, combine, edge_strength
+from anodiff.methods import validate
 from anodiff.methods.scoring import anomaly_grid
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def normalised(image: np.ndarray, brain: np.ndarray, how: str) -> np.ndarray:
@@ -119,3 +125,25 @@ def test_calibration_fits_the_healthy_statistics_a_zscore_model_detects_with(tin
     result = method_for(model.config.model.kind).predict(model, case, threshold=meta["threshold"],
                                                          generator=torch.Generator().manual_seed(0))
     assert result.maps["score"].max() > meta["threshold"] and result.maps["score"][~result.brain].max() == 0
+
+
+def test_training_patches_lie_on_the_brain_and_repeat_with_the_seed():
+    images = torch.rand(6, 2, 40, 40)
+    brains = torch.zeros(6, 1, 40, 40)
+    brains[:, :, 30:38, 2:9] = 1  # a small brain in a corner: a patch must reach into it
+    draw = lambda seed: brain_patches(images, brains, 16, torch.Generator().manual_seed(seed))  # noqa: E731
+    patches = draw(0)
+    assert patches.shape == (6, 2, 16, 16)
+    assert torch.equal(patches, draw(0)) and not torch.equal(patches, draw(1))
+    for image, patch in zip(images, patches):  # each patch is a window of its own slice that holds brain
+        windows = image.unfold(1, 16, 1).unfold(2, 16, 1)  # (C, 25, 25, 16, 16)
+        top, left = (windows[0] == patch[0]).all(-1).all(-1).nonzero()[0].tolist()
+        assert brains[0, 0, top:top + 16, left:left + 16].any()
+
+
+def test_patch_size_is_checked_against_the_model():
+    with pytest.raises(ConfigError, match="at most data.image_size"):
+        validate(load_config(CONFIGS / "brats_cpu.yaml", ("train.patch_size=56",)))
+    with pytest.raises(ConfigError, match="2D pixel-space"):
+        validate(load_config(CONFIGS / "ldm2d.yaml", ("train.patch_size=32",)))
+    assert validate(load_config(CONFIGS / "brats_cpu.yaml", ("data.image_size=96", "train.patch_size=48")))
