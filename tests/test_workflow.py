@@ -36,6 +36,16 @@ def test_model_folder_contract(tiny_model):
     assert (tiny_model / "loss.png").is_file()  # the loss curve, redrawn at each sample interval
 
 
+def test_training_writes_tensorboard_scalars_and_images(tiny_model):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tiny_model / "tensorboard"))
+    events.Reload()
+    logged = [float(row.split(",")[1]) for row in (tiny_model / "log.csv").read_text().splitlines()[1:]]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(logged, rel=1e-5)
+    assert "samples/reconstruction" in events.Tags()["images"]
+
+
 def test_train_refuses_an_existing_folder(tiny_model, tiny_cohort):
     result = invoke("train", "--data", tiny_cohort, "--config", TINY, "--out", tiny_model)
     assert result.exit_code == 2 and "--resume" in result.stderr

@@ -7,6 +7,10 @@ warm-up). Being a module, it can be wrapped in DistributedDataParallel under tor
 Every random draw of step ``s`` (batch indices, noise, timesteps) comes from a
 generator seeded with ``(seed, s)``, so a resumed run continues exactly where
 the interrupted one would have gone, with no RNG state to restore.
+
+Rank 0 logs each window's mean loss to ``log.csv``, redraws ``loss.png`` at every
+sample interval and, when the ``tensorboard`` package is installed (the optional
+extra), writes the same scalars and the sample grids to ``tensorboard/``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from anodiff import distributed
@@ -101,6 +107,7 @@ def fit(
     if main:
         start_log(log_path, start)
     meter, loss = _Meter(), math.nan
+    board = _board(out_dir) if main else None
     objective.train()
     for step in range(start, cfg.num_steps):
         loss = _train_step(trained, objective, optimizer, sample_batch, cfg, step, device, use_amp, meter)
@@ -108,7 +115,7 @@ def fit(
         done = step + 1
         if not main:
             continue
-        _log_row(log_path, meter, done, cfg)
+        _log_row(log_path, meter, done, cfg, board)
         if progress is not None:
             rate = (done - start) / max(time.perf_counter() - meter.began, 1e-9)
             progress(done, cfg.num_steps, f"loss {loss:.4f}  {rate:.2f} steps/s")
@@ -119,6 +126,9 @@ def fit(
             if on_sample is not None:
                 on_sample(done, ema.module)
                 objective.train()
+            _board_images(board, out_dir / "samples", done)
+    if board is not None:
+        board.close()
     seconds = time.perf_counter() - meter.began
     result = FitResult(steps_done=cfg.num_steps - start, final_loss=loss, seconds=seconds,
                        samples_per_s=meter.samples * distributed.world_size() / max(seconds, 1e-9),
@@ -171,14 +181,37 @@ def _train_step(trained: nn.Module, objective: nn.Module, optimizer, sample_batc
     return mean_loss
 
 
-def _log_row(path: Path, meter: _Meter, done: int, cfg: TrainConfig) -> None:
-    """Append the mean loss since the last row to log.csv, every ``log_every`` steps and at the end."""
+def _log_row(path: Path, meter: _Meter, done: int, cfg: TrainConfig, board=None) -> None:
+    """Append the mean loss since the last row to log.csv (and TensorBoard), every ``log_every`` steps and
+    at the end."""
     if not (done % cfg.log_every == 0 or done == cfg.num_steps):
         return
     rate = len(meter.losses) / max(time.perf_counter() - meter.window_start, 1e-9)
+    mean = sum(meter.losses) / len(meter.losses)
     with path.open("a", newline="") as handle:
-        csv.writer(handle).writerow([done, f"{sum(meter.losses) / len(meter.losses):.6f}", cfg.lr, f"{rate:.3f}"])
+        csv.writer(handle).writerow([done, f"{mean:.6f}", cfg.lr, f"{rate:.3f}"])
+    if board is not None:
+        board.add_scalar("train/loss", mean, done)
+        board.add_scalar("train/steps_per_s", rate, done)
     meter.losses, meter.window_start = [], time.perf_counter()
+
+
+def _board(out_dir: Path):
+    """A TensorBoard writer on ``out_dir/tensorboard`` when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+def _board_images(board, samples: Path, step: int) -> None:
+    """The sample grids the method drew at ``step`` (``samples/{step:07d}*.png``), as TensorBoard images."""
+    if board is None:
+        return
+    for png in sorted(samples.glob(f"{step:07d}*.png")):
+        board.add_image(f"samples/{png.stem[8:] or 'reconstruction'}", np.asarray(Image.open(png).convert("RGB")),
+                        step, dataformats="HWC")
 
 
 def start_log(path: Path, start: int) -> None:
