@@ -95,9 +95,8 @@ def fit(
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
     objective.to(device)
-    ema = torch.optim.swa_utils.AveragedModel(
-        objective, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay)
-    )
+    ema = torch.optim.swa_utils.AveragedModel(objective,
+                                              multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay))
     optimizer = torch.optim.AdamW(objective.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     checkpoint = out_dir / CHECKPOINT
     start = _resume(checkpoint, objective, ema, optimizer, resume=resume, config_text=config_text)
@@ -107,7 +106,7 @@ def fit(
     if main:
         start_log(log_path, start)
     meter, loss = _Meter(), math.nan
-    board = _board(out_dir) if main else None
+    board = _board(out_dir) if main and cfg.sample_every else None  # closed after the last sample interval
     objective.train()
     for step in range(start, cfg.num_steps):
         loss = _train_step(trained, objective, optimizer, sample_batch, cfg, step, device, use_amp, meter)
@@ -122,13 +121,10 @@ def fit(
         if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
             save_checkpoint(checkpoint, objective, ema, optimizer, step=done, config_text=config_text)
         if cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.num_steps):
-            save_loss_curve(log_path, out_dir / "loss.png")
             if on_sample is not None:
                 on_sample(done, ema.module)
                 objective.train()
-            _board_images(board, out_dir / "samples", done)
-    if board is not None:
-        board.close()
+            _draw_progress(out_dir, board, done, last=done == cfg.num_steps)
     seconds = time.perf_counter() - meter.began
     result = FitResult(steps_done=cfg.num_steps - start, final_loss=loss, seconds=seconds,
                        samples_per_s=meter.samples * distributed.world_size() / max(seconds, 1e-9),
@@ -205,13 +201,18 @@ def _board(out_dir: Path):
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
-def _board_images(board, samples: Path, step: int) -> None:
-    """The sample grids the method drew at ``step`` (``samples/{step:07d}*.png``), as TensorBoard images."""
+def _draw_progress(out_dir: Path, board, step: int, *, last: bool) -> None:
+    """At a sample interval: redraw ``loss.png``; add the sample grids the method drew at ``step``
+    (``samples/{step:07d}*.png``) to TensorBoard, closing it after the ``last`` step."""
+    save_loss_curve(out_dir / "log.csv", out_dir / "loss.png")
     if board is None:
         return
-    for png in sorted(samples.glob(f"{step:07d}*.png")):
+    for png in sorted((out_dir / "samples").glob(f"{step:07d}*.png")):
         board.add_image(f"samples/{png.stem[8:] or 'reconstruction'}", np.asarray(Image.open(png).convert("RGB")),
                         step, dataformats="HWC")
+    board.flush()
+    if last:
+        board.close()
 
 
 def start_log(path: Path, start: int) -> None:
