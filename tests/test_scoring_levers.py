@@ -109,6 +109,23 @@ def test_zscore_map_is_zero_outside_the_brain_and_finds_the_outlier():
     assert 4 <= top[0] <= 6 and 4 <= top[1] <= 6 and 1 <= top[2] <= 2
 
 
+def test_centring_removes_a_whole_scan_offset_and_keeps_the_lesion():
+    recon, residual = edge_phantom()
+    edges = edge_strength(recon, 2)
+    stats = ResidualStats.fit(residual.flatten(1).numpy(), recon.flatten(1).numpy(), edges.flatten(1).numpy())
+    scan = residual - 0.03  # a scan darker than the calibration scans everywhere: flat tissue at z ~ -1.5
+    scan[0, 4:7, 4:7, 1:3] += 0.15  # and a lesion
+    brain = torch.ones(1, 32, 32, 4)
+    flat = (edges[0] < 0.5) & (brain[0] > 0)
+    flat[4:7, 4:7, 1:3] = False
+    maps = {centre: anomaly_grid({"residual": scan, "reconstruction": recon}, brain, RunConfig(
+        anomaly=AnomalyConfig(score="zscore", centre=centre, median_size=1, brain_erosion=0)), stats)[0]
+        for centre in (False, True)}
+    assert float(maps[False][flat].median()) > 1.0  # the offset alone scores
+    assert float(maps[True][flat].median()) < 0.6 * float(maps[False][flat].median())
+    assert float(maps[True][4:7, 4:7, 1:3].min()) > 4 * float(maps[True][flat].median())
+
+
 def test_calibration_fits_the_healthy_statistics_a_zscore_model_detects_with(tiny_model, tiny_cohort):
     import json
 

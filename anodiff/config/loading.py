@@ -35,6 +35,7 @@ ADDED_KEYS = {
     "data.normalisation": "percentiles",
     "anomaly.score": "residual",
     "anomaly.combine": "mean",
+    "anomaly.centre": False,
 }
 REMOVED_KEYS = {
     "data.healthy_only": "each method chooses its slices (healthy ones, or all for segdiff)",

@@ -201,6 +201,9 @@ class AnomalyConfig:
     # are combined by their "mean" or their "max" (a lesion seen in one contrast is then not diluted).
     score: Literal["residual", "zscore"] = "zscore"
     combine: Literal["mean", "max"] = "mean"
+    # zscore: subtract each scan's median signed z-score in the brain, per modality, so that a whole-scan offset
+    # from the calibration scans (its intensity scaling, a large lesion moving the normalisation) is not scored.
+    centre: bool = True
     median_size: int = 3  # median filter on the map, in voxels of the network grid; 0 or 1: off
     brain_erosion: int = 1  # voxels eroded from the brain mask before scoring
     fpr: float = 0.01  # healthy false-positive rate that fixes the calibrated threshold

@@ -70,7 +70,7 @@ def _pr(figures: dict) -> Figure:
                       label=f"{name}, {label} threshold")
     axes.set(xlabel="recall (lesion voxels found)", ylabel="precision (flagged voxels that are lesion)",
              xlim=(0, 1), ylim=(0, 1.01), title="Precision-recall, pooled over the test brain voxels")
-    axes.legend(loc="upper right", fontsize=8)
+    axes.legend(loc="lower left", fontsize=8)
     return figure
 
 

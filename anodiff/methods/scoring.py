@@ -103,12 +103,26 @@ def anomaly_grid(grid: dict[str, torch.Tensor], brain_grid: torch.Tensor, config
             raise DataError("anomaly.score: zscore needs the healthy residual statistics of a calibration; this "
                             "model has none (recalibrate: anodiff evaluate --model M --data D anomaly.score=zscore)")
         edges = edge_strength(grid["reconstruction"], config.model.spatial_dims)
+        z = stats.zscores(grid["residual"], grid["reconstruction"], edges)
+        if cfg.centre:
+            z = z - scan_offset(z, brain_grid)
         # Zero outside the brain, where no healthy statistic holds, before the median filter reaches the edge.
-        per_modality = stats.zscores(grid["residual"], grid["reconstruction"], edges).abs() * (brain_grid > 0)
+        per_modality = z.abs() * (brain_grid > 0)
     else:
         per_modality = grid["residual"].abs()
     score = combine(per_modality, cfg.combine)
     return restrict_to_brain(score, brain_grid, median_size=cfg.median_size, erosion=cfg.brain_erosion)
+
+
+def scan_offset(z: torch.Tensor, brain_grid: torch.Tensor) -> torch.Tensor:
+    """Per modality, the median of the signed z-scores (C, *S) over the brain (1, *S): (C, 1, ..., 1).
+
+    Lesions fill a minority of the brain, so the median is the healthy tissue's offset from the calibration
+    scans (0 on scans like them)."""
+    inside = brain_grid[0] > 0
+    if not bool(inside.any()):
+        return torch.zeros((z.shape[0],) + (1,) * (z.ndim - 1), dtype=z.dtype)
+    return torch.stack([c[inside].median() for c in z]).reshape((-1,) + (1,) * (z.ndim - 1))
 
 
 def num_slices_run(prepared: PreparedCase, config: RunConfig) -> int:
