@@ -80,7 +80,6 @@ VARIANTS = (
     Variant("lever: new default without centring", (), None, ("anomaly.centre=false",)),
     Variant("lever: new default at 96 px, trained on 48 px patches (retrained)",
             ("data.image_size=96", "train.patch_size=48"), None),
-    Variant("lever: new default at 64 px (retrained)", ("data.image_size=64",), None),
     Variant("lever: new default at t0 250 only (1 pass)", (), None, ("anomaly.extra_t0=[]",)),
 )
 
