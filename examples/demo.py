@@ -44,7 +44,7 @@ def main() -> None:
         str(out / "report"))
     report = json.loads((out / "report" / "report.json").read_text())
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s "
-          f"({report['seconds_per_volume']:.1f} s per test volume); report in {out / 'report'}")
+          f"({report['seconds_per_volume']:.1f} s per test volume); report: {out / 'report' / 'report.html'}")
 
 
 if __name__ == "__main__":
