@@ -7,8 +7,9 @@ The recipe (Pinaya et al. 2022; Wyatt et al. 2022, AnoDDPM):
    model's diffusion space (pixels, or an LDM's latents) and through the sampler
    (noise to ``t0``, denoise back), then decode;
 3. the map is each modality's residual, as it is (``anomaly.score: residual``) or
-   standardised by healthy residuals like it (``zscore``, :mod:`anodiff.inference.standardise`),
-   combined over modalities (mean or max), median-filtered, restricted to the (eroded) brain;
+   standardised by healthy residuals like it (``zscore``, :mod:`anodiff.inference.standardise`;
+   with ``anomaly.centre``, less the scan's median z per modality), combined over modalities
+   (mean or max), median-filtered, restricted to the (eroded) brain;
 4. the map goes back to the input's own grid, where it is thresholded (calibrated
    on healthy held-out data, or given) and components below a minimum volume are removed.
 
