@@ -105,7 +105,7 @@ def _histograms(figures: dict) -> Figure:
         axes.stairs(histogram["healthy"], edges, color="0.35", fill=True, alpha=0.45, label="healthy brain voxels")
         axes.stairs(histogram["lesion"], edges, color=colour, lw=1.6, label="lesion voxels")
         axes.axvline(method["threshold_calibrated"], color="black", ls="--", lw=1, label="calibrated threshold")
-        axes.set(xlabel=f"score ({_units(figures, name)}); last bin: above the 99.9th percentile",
+        axes.set(xlabel=f"score ({_units(figures, name)})\nthe last bin holds all above the 99.9th percentile",
                  ylabel="density", yscale="log", title=name)
         axes.legend(fontsize=8)
     return figure
