@@ -47,10 +47,7 @@ def _roc(figures: dict) -> Figure:
     for colour, (name, method) in zip(COLOURS, figures["methods"].items()):
         roc = method["curves"]["roc"]
         axes.plot(roc["fpr"], roc["tpr"], color=colour, lw=1.6, label=f"{name} (AUROC {method['auroc_pooled']:.3f})")
-        for key, point in method["curves"]["operating_points"].items():
-            marker, label = MARKERS[key]
-            axes.plot(point["fpr"], point["tpr"], marker, color=colour, mec="black", ms=7,
-                      label=f"{name}, {label} threshold")
+        _operating_points(axes, name, method, colour, "fpr", "tpr")
     axes.set(xlabel="false-positive rate (healthy brain voxels)", ylabel="true-positive rate (lesion voxels)",
              xlim=(0, 1), ylim=(0, 1.01), title="ROC, pooled over the test brain voxels")
     axes.legend(loc="lower right", fontsize=8)
@@ -64,14 +61,18 @@ def _pr(figures: dict) -> Figure:
         pr = method["curves"]["pr"]
         axes.step(pr["recall"], pr["precision"], where="pre", color=colour, lw=1.6,
                   label=f"{name} (AUPRC {method['auprc_pooled']:.3f})")
-        for key, point in method["curves"]["operating_points"].items():
-            marker, label = MARKERS[key]
-            axes.plot(point["tpr"], point["precision"], marker, color=colour, mec="black", ms=7,
-                      label=f"{name}, {label} threshold")
+        _operating_points(axes, name, method, colour, "tpr", "precision")
     axes.set(xlabel="recall (lesion voxels found)", ylabel="precision (flagged voxels that are lesion)",
              xlim=(0, 1), ylim=(0, 1.01), title="Precision-recall, pooled over the test brain voxels")
     axes.legend(loc="lower left", fontsize=8)
     return figure
+
+
+def _operating_points(axes, name: str, method: dict, colour: str, x: str, y: str) -> None:
+    """A method's calibrated and validation-best masks as markers at their (``x``, ``y``) figures."""
+    for key, point in method["curves"]["operating_points"].items():
+        marker, label = MARKERS[key]
+        axes.plot(point[x], point[y], marker, color=colour, mec="black", ms=7, label=f"{name}, {label} threshold")
 
 
 def _per_method_panels(figures: dict, height: float = 4.2) -> tuple[Figure, list]:
