@@ -4,13 +4,15 @@ Figures are drawn from arrays the caller computed (this module runs no network
 and reads no file): images in [0, 1], masks as booleans. Volumes are shown in
 RAS voxel order (:func:`ras_view`), axial slices rotated so anterior is up,
 coronal and sagittal ones so superior is up. A per-case figure
-(:func:`save_case_figure`) shows three orthogonal views through the centre of
-the largest lesion, each tile at least ``TILE_PX`` pixels; :func:`save_montage`
-the axial slices with most lesion.
+(:func:`case_views`, drawn by :func:`save_case_figures`) shows three orthogonal
+views through the centre of the largest lesion, each tile at least ``TILE_PX``
+pixels, and a montage of the axial slices with most lesion; the 2D arrays it shows
+are kept beside the PNGs, so a report can be redrawn without its volumes.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -101,82 +103,126 @@ def brain_box(brain: np.ndarray, margin: int = 4) -> tuple[slice, slice, slice]:
 
 
 Panel = tuple[str, np.ndarray, str, str, float | None]  # title, RAS volume, colour map, colour-bar label, top
+Outline = tuple[str, np.ndarray, Colour]  # name, RAS mask, colour
 
 
-def view_sizes(box: tuple[slice, slice, slice], spacing) -> list[tuple[float, float]]:
-    """(width, height) in pixels of the axial, coronal and sagittal views of ``box``, scaled so the shortest
-    side of any view is ``TILE_PX``."""
-    x, y, z = ((s.stop - s.start) * mm for s, mm in zip(box, spacing))
-    extents = [(x, y), (x, z), (y, z)]  # as view_slices shows them: (width, height) in mm
+def case_views(title: str, image: np.ndarray, panels: list[Panel], outlines: list[Outline], brain: np.ndarray,
+               spacing, count: int = 8) -> dict[str, np.ndarray]:
+    """What a case's figures show, as 2D arrays (a few hundred kB, where the volumes are many MB): three views
+    through the largest lesion of ``outlines`` (truth first) of the ``image``, each panel and each outline, and
+    the ``count`` axial slices with most lesion. ``meta`` holds the rest as JSON. Volumes are RAS (X, Y, Z),
+    ``image`` in [0, 1]; a panel's ``top`` None is its 99.9th percentile in the brain."""
+    centre, box = lesion_centre(*[mask for _, mask, _ in outlines], brain), brain_box(brain)
+    columns = [("image", image, "gray", "", 1.0), *panels]
+    views = {f"column{c}_{v}": tile.astype(np.float16) for c, (_, volume, *_) in enumerate(columns)
+             for v, tile in enumerate(view_slices(volume, centre, box))}
+    views |= {f"outline{o}_{v}": tile.astype(bool) for o, (_, mask, _) in enumerate(outlines)
+              for v, tile in enumerate(view_slices(mask, centre, box))}
+    focus = next((mask for _, mask, _ in outlines if mask.any()), None)
+    area = (focus if focus is not None else brain).sum((0, 1))
+    zs = sorted(z for z in np.argsort(area)[::-1][:count].tolist() if area[z] > 0) or [brain.shape[2] // 2]
+    views["montage"] = np.stack([np.rot90(image[box[0], box[1], z]) for z in zs]).astype(np.float16)
+    views["montage_outlines"] = np.stack([np.stack([np.rot90(mask[box[0], box[1], z]) for z in zs])
+                                          for _, mask, _ in outlines]).astype(bool) if outlines else np.zeros(0)
+    sx, sy, sz = (float(s) for s in spacing)
+    tops = [top if top is not None else (float(np.percentile(volume[brain], 99.9)) if brain.any() else 1.0)
+            for _, volume, _, _, top in columns]
+    meta = {"title": title, "columns": [[name, cmap, units, top] for (name, _, cmap, units, _), top
+                                        in zip(columns, tops)],
+            "outlines": [[name, list(colour)] for name, _, colour in outlines], "zs": zs,
+            "view_spacing": [[sx, sy], [sx, sz], [sy, sz]]}  # (across, up) mm of each view's pixels
+    return views | {"meta": np.array(json.dumps(meta))}
+
+
+def save_case_figures(folder: Path, name: str, views: dict[str, np.ndarray]) -> list[Figure]:
+    """``name.npz`` (the views, so ``anodiff report`` can redraw them), ``name.png`` (three views) and
+    ``name_montage.png`` in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / f"{name}.npz", **views)
+    return draw_case_figures(folder, name, views)
+
+
+def draw_case_figures(folder: Path, name: str, views) -> list[Figure]:
+    """Draw the PNGs of :func:`case_views` (or of a saved ``.npz``) in ``folder``; returns the figures."""
+    meta = json.loads(str(views["meta"]))
+    return [_views_figure(folder / f"{name}.png", views, meta), _montage_figure(folder / f"{name}_montage.png",
+                                                                                 views, meta)]
+
+
+def redraw_case_figures(folder: Path) -> int:
+    """Redraw the figures of every ``.npz`` of :func:`save_case_figures` in ``folder``; how many."""
+    saved = sorted(folder.glob("*.npz")) if folder.is_dir() else []
+    for path in saved:
+        with np.load(path) as views:
+            draw_case_figures(folder, path.stem, dict(views))
+    return len(saved)
+
+
+def _tile_pixels(views, meta: dict) -> list[tuple[float, float]]:
+    """(width, height) in pixels of the three views, scaled so the shortest side of any is ``TILE_PX``."""
+    extents = [(tile.shape[1] * across, tile.shape[0] * up) for tile, (across, up)
+               in ((views[f"column0_{v}"], meta["view_spacing"][v]) for v in range(3))]
     scale = TILE_PX / min(min(e) for e in extents)
     return [(w * scale, h * scale) for w, h in extents]
 
 
-def save_case_figure(path: Path, title: str, image: np.ndarray, panels: list[Panel],
-                     outlines: list[tuple[str, np.ndarray, Colour]], brain: np.ndarray, spacing) -> Figure:
-    """Three views (rows) through the largest lesion of ``outlines`` (truth first) of: the ``image``, each
-    panel (its colour bar labelled when it has units; ``top`` None: its 99.9th percentile in the brain), and
-    the image with the ``outlines`` (name, mask, colour) and their legend. Volumes are RAS (X, Y, Z), ``image``
-    in [0, 1]; ``spacing`` (mm) sets each view's aspect."""
-    centre = lesion_centre(*[mask for _, mask, _ in outlines], brain)
-    box = brain_box(brain)
-    columns: list[Panel] = [("image", image, "gray", "", 1.0), *panels, ("outlines", image, "gray", "", 1.0)]
-    contours = [(colour, view_slices(mask.astype(np.float32), centre, box)) for _, mask, colour in outlines]
-    aspects = (spacing[1] / spacing[0], spacing[2] / spacing[0], spacing[2] / spacing[1])
-    sizes = view_sizes(box, spacing)
-    width, heights = max(w for w, _ in sizes), [h for _, h in sizes]
-    bars = sum(1 for *_, units, _ in panels if units)
+def _views_figure(path: Path, views, meta: dict) -> Figure:
+    """Rows: axial, coronal, sagittal; columns: the image, each panel (with its colour bar when it has units),
+    the image with the outlines and their legend."""
+    columns = meta["columns"] + [["outlines", "gray", "", 1.0]]
+    sizes = _tile_pixels(views, meta)
+    bars = sum(1 for _, _, units, _ in columns if units)
     # Room for titles, labels and colour bars around tiles of exactly the views' sizes.
-    figure = Figure(figsize=(len(columns) * width * 1.12 / DPI + 1.1 * bars + 0.5, sum(heights) * 1.1 / DPI + 0.7),
-                    dpi=DPI, layout="constrained")
-    figure.suptitle(title, fontsize=10)
-    grid = figure.subplots(3, len(columns), squeeze=False, gridspec_kw={"height_ratios": heights})
-    for column, (name, volume, cmap, units, top) in enumerate(columns):
-        if top is None:
-            top = float(np.percentile(volume[brain], 99.9)) if brain.any() else 1.0
-        for row, tile in enumerate(view_slices(volume, centre, box)):
-            axes = grid[row, column]
-            shown = axes.imshow(tile, cmap=cmap, vmin=0, vmax=max(top, 1e-6), aspect=aspects[row],
-                                interpolation="nearest")
-            axes.set(xticks=[], yticks=[], title=name if row == 0 else "", ylabel=VIEWS[row] if column == 0 else "")
+    figure = Figure(figsize=(len(columns) * max(w for w, _ in sizes) * 1.12 / DPI + 1.1 * bars + 0.5,
+                             sum(h for _, h in sizes) * 1.1 / DPI + 0.7), dpi=DPI, layout="constrained")
+    figure.suptitle(meta["title"], fontsize=10)
+    grid = figure.subplots(3, len(columns), squeeze=False, gridspec_kw={"height_ratios": [h for _, h in sizes]})
+    for c, (name, cmap, units, top) in enumerate(columns):
+        for v, view in enumerate(VIEWS):
+            axes = grid[v, c]
+            across, up = meta["view_spacing"][v]
+            shown = axes.imshow(views[f"column{0 if name == 'outlines' else c}_{v}"].astype(np.float32), cmap=cmap,
+                                vmin=0, vmax=max(top, 1e-6), aspect=up / across, interpolation="nearest")
+            axes.set(xticks=[], yticks=[], title=name if v == 0 else "", ylabel=view if c == 0 else "")
             if name == "outlines":
-                for colour, views in contours[::-1]:  # the truth (first) drawn last, on top
-                    if views[row].any():
-                        axes.contour(views[row], levels=[0.5], colors=[colour], linewidths=1.2)
+                _outlines(axes, [views[f"outline{o}_{v}"] for o in range(len(meta["outlines"]))], meta)
         if units:
-            figure.colorbar(shown, ax=grid[:, column], shrink=0.6, label=units)
-    grid[0, -1].legend(handles=[Line2D([], [], color=c, lw=2, label=label) for label, _, c in outlines],
-                       fontsize=7, loc="upper right", framealpha=0.7)
+            figure.colorbar(shown, ax=grid[:, c], shrink=0.6, label=units)
+    _legend(grid[0, -1], meta)
     return _save(figure, path)
 
 
-def save_montage(path: Path, title: str, image: np.ndarray, outlines: list[tuple[str, np.ndarray, Colour]],
-                 brain: np.ndarray, spacing, count: int = 8) -> Figure:
-    """The ``count`` axial slices with most lesion (of the first non-empty outline), image with outlines."""
-    focus = next((mask for _, mask, _ in outlines if mask.any()), None)
-    area = focus.sum((0, 1)) if focus is not None else brain.sum((0, 1))
-    zs = sorted(z for z in np.argsort(area)[::-1][:count].tolist() if area[z] > 0) or [brain.shape[2] // 2]
-    box = brain_box(brain)
-    columns = min(4, len(zs))
-    rows = -(-len(zs) // columns)
-    width, height = view_sizes((box[0], box[1], slice(0, 10 ** 6)), spacing)[0]  # axial; z never the shortest
-    figure = Figure(figsize=(columns * width * 1.1 / DPI + 0.2, rows * height * 1.12 / DPI + 0.5), dpi=DPI,
-                    layout="constrained")
-    figure.suptitle(title, fontsize=10)
+def _montage_figure(path: Path, views, meta: dict) -> Figure:
+    """The axial slices with most lesion, image with the outlines, four to a row."""
+    zs, (across, up) = meta["zs"], meta["view_spacing"][0]
+    columns, rows = min(4, len(zs)), -(-len(zs) // min(4, len(zs)))
+    height, width = views["montage"].shape[1:]
+    scale = TILE_PX / min(width * across, height * up)
+    figure = Figure(figsize=(columns * width * across * scale * 1.1 / DPI + 0.2,
+                             rows * height * up * scale * 1.12 / DPI + 0.5), dpi=DPI, layout="constrained")
+    figure.suptitle(f"{meta['title']}: axial slices with most lesion", fontsize=10)
     grid = figure.subplots(rows, columns, squeeze=False)
     for axes in grid.flat:
         axes.set_axis_off()
-    for axes, z in zip(grid.flat, zs):
-        axes.imshow(np.rot90(image[box[0], box[1], z]), cmap="gray", vmin=0, vmax=1,
-                    aspect=spacing[1] / spacing[0], interpolation="nearest")
-        for _, mask, colour in outlines[::-1]:  # the truth (first) drawn last, on top
-            if mask[..., z].any():
-                axes.contour(np.rot90(mask[box[0], box[1], z].astype(np.float32)), levels=[0.5], colors=[colour],
-                             linewidths=1.0)
+    for k, (axes, z) in enumerate(zip(grid.flat, zs)):
+        axes.imshow(views["montage"][k].astype(np.float32), cmap="gray", vmin=0, vmax=1, aspect=up / across,
+                    interpolation="nearest")
+        _outlines(axes, [masks[k] for masks in views["montage_outlines"]], meta, width=1.0)
         axes.set_title(f"z = {z}", fontsize=8)
-    handles = [Line2D([], [], color=colour, lw=2, label=label) for label, _, colour in outlines]
-    grid.flat[0].legend(handles=handles, fontsize=7, loc="upper right", framealpha=0.7)
+    _legend(grid.flat[0], meta)
     return _save(figure, path)
+
+
+def _outlines(axes, masks: list[np.ndarray], meta: dict, width: float = 1.2) -> None:
+    """Each outline's contour, the truth (first) drawn last, on top."""
+    for mask, (_, colour) in list(zip(masks, meta["outlines"]))[::-1]:
+        if mask.any():
+            axes.contour(mask.astype(np.float32), levels=[0.5], colors=[tuple(colour)], linewidths=width)
+
+
+def _legend(axes, meta: dict) -> None:
+    axes.legend(handles=[Line2D([], [], color=tuple(colour), lw=2, label=name) for name, colour in meta["outlines"]],
+                fontsize=7, loc="upper right", framealpha=0.7)
 
 
 def _save(figure: Figure, path: Path) -> Figure:

@@ -22,6 +22,7 @@ from anodiff.errors import AnodiffError, ConfigError, DataError
 from anodiff.evaluation.anomaly import report_of_figures
 from anodiff.evaluation.report import Report
 from anodiff.evaluation.segmentation import segmentation_report
+from anodiff.figures import redraw_case_figures
 from anodiff.inference.cases import match_modalities
 from anodiff.inference.prediction import Prediction
 from anodiff.io import strip_image_suffix, write_volume
@@ -169,8 +170,9 @@ def evaluate(model: TrainedModel, data: Path, out: Path, *, seed: int = 0, sampl
 
 
 def rerender(folder: Path) -> Report:
-    """Re-render a report folder from its ``report.json`` alone (no network, no map): the curves,
-    ``per_case.csv``, ``summary.md`` and ``report.html``, with the per-case figures still in ``overlays/``."""
+    """Re-render a report folder from its ``report.json`` alone (no network, no volume): the curves,
+    ``per_case.csv``, ``summary.md`` and ``report.html``, and the per-case figures from the views kept in
+    ``overlays/*.npz`` where they still are."""
     path = folder / "report.json"
     if not path.is_file():
         raise DataError(f"{folder}: no report.json (a folder written by `anodiff evaluate`)")
@@ -180,5 +182,6 @@ def rerender(folder: Path) -> Report:
                   else report_of_figures(figures))
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise DataError(f"{path}: not a report.json anodiff can read ({type(err).__name__}: {err})") from None
+    redraw_case_figures(folder / "overlays")
     report.write(folder)
     return report

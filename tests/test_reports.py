@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from anodiff.cli.main import app
 from anodiff.evaluation.anomaly import anomaly_report, summarize_method
 from anodiff.evaluation.plots import _pr, _roc
-from anodiff.figures import BLUE, GREEN, RED, save_case_figure, save_montage
+from anodiff.figures import BLUE, GREEN, RED, case_views, save_case_figures
 
 runner = CliRunner()
 
@@ -59,7 +59,8 @@ def test_operating_points_lie_where_the_masks_are(report):
     assert set(anodiff["curves"]["operating_points"]) == {"calibrated", "validation_best"}
 
 
-def test_case_figures_have_tiles_of_at_least_256_pixels(tmp_path):
+def phantom_views():
+    """The views of a phantom case: a brain box, a bright lesion, a detection shifted by two voxels."""
     shape, spacing = (40, 52, 30), (1.0, 1.0, 1.5)
     brain = np.zeros(shape, bool)
     brain[4:36, 5:47, 3:27] = True
@@ -69,25 +70,27 @@ def test_case_figures_have_tiles_of_at_least_256_pixels(tmp_path):
     image[truth] = 0.9
     outlines = [("truth", truth, GREEN), ("anodiff", np.roll(truth, 2, axis=0), RED), ("baseline", truth, BLUE)]
     panels = [("reconstruction", image * 0.9, "gray", "", 1.0), ("anomaly map", image * truth, "inferno", "z", None)]
-    figures = [save_case_figure(tmp_path / "case.png", "case", image, panels, outlines, brain, spacing),
-               save_montage(tmp_path / "montage.png", "case", image, outlines, brain, spacing)]
+    return case_views("case", image, panels, outlines, brain, spacing)
+
+
+def test_case_figures_have_tiles_of_at_least_256_pixels(tmp_path):
+    figures = save_case_figures(tmp_path, "case", phantom_views())
     renderer = figures[0].canvas.get_renderer()
     tiles = [ax for figure in figures for ax in figure.axes if ax.images]
     assert len(tiles) == 3 * 4 + 5  # three views of four columns; the five slices that hold lesion
     for ax in tiles:
         box = ax.get_window_extent(renderer)
         assert min(box.width, box.height) >= 256, (ax.get_title(), box)
-    assert (tmp_path / "case.png").stat().st_size > 10_000
+    assert {p.name for p in tmp_path.iterdir()} == {"case.png", "case_montage.png", "case.npz"}
+    assert (tmp_path / "case.npz").stat().st_size < 50_000  # the views, not the volumes
 
 
 def test_html_is_self_contained_and_holds_every_figure(report, tmp_path):
-    (tmp_path / "overlays").mkdir()
-    save_montage(tmp_path / "overlays" / "case_0_montage.png", "case", np.full((8, 8, 4), 0.5), [],
-                 np.ones((8, 8, 4), bool), (1, 1, 1))
+    save_case_figures(tmp_path / "overlays", "case_0", phantom_views())
     report.write(tmp_path)
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     pngs = list((tmp_path / "figures").glob("*.png")) + list((tmp_path / "overlays").glob("*.png"))
-    assert len(pngs) == 5
+    assert len(pngs) == 6
     assert page.count("data:image/png;base64,") == len(pngs)
     for remote in ("http://", "https://", "<script", "<link", "url("):
         assert remote not in page
@@ -99,11 +102,24 @@ def test_report_command_renders_from_report_json_alone(report, tmp_path):
     (tmp_path / "report.json").write_text(json.dumps(report.figures, default=float), encoding="utf-8")
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 0, result.output
+    assert not (tmp_path / "overlays").exists()
     assert {p.name for p in (tmp_path / "figures").iterdir()} == {"roc.png", "pr.png", "dice_threshold.png",
                                                                   "histograms.png"}
     assert "| anodiff |" in (tmp_path / "summary.md").read_text(encoding="utf-8")
     assert (tmp_path / "report.html").read_text(encoding="utf-8").count("data:image/png;base64,") == 4
     assert (tmp_path / "per_case.csv").read_text().count("case_") == 3
+
+
+def test_report_command_redraws_the_case_figures_from_their_views(report, tmp_path):
+    (tmp_path / "report.json").write_text(json.dumps(report.figures, default=float), encoding="utf-8")
+    save_case_figures(tmp_path / "overlays", "case_0", phantom_views())
+    drawn = (tmp_path / "overlays" / "case_0.png").read_bytes()
+    for png in (tmp_path / "overlays").glob("*.png"):
+        png.unlink()
+    assert runner.invoke(app, ["report", str(tmp_path)]).exit_code == 0
+    assert (tmp_path / "overlays" / "case_0.png").read_bytes() == drawn
+    assert (tmp_path / "overlays" / "case_0_montage.png").is_file()
+    assert (tmp_path / "report.html").read_text(encoding="utf-8").count("data:image/png;base64,") == 6
 
 
 def test_report_command_refuses_a_folder_without_report_json(tmp_path):

@@ -18,7 +18,7 @@ from anodiff.evaluation.anomaly import anomaly_report, summarize_method
 from anodiff.evaluation.baseline import baseline_modality, baseline_score
 from anodiff.evaluation.metrics import size_bin
 from anodiff.evaluation.report import Report
-from anodiff.figures import BLUE, GREEN, RED, ras_spacing, ras_view, save_case_figure, save_montage
+from anodiff.figures import BLUE, GREEN, RED, case_views, ras_spacing, ras_view, save_case_figures
 from anodiff.inference.cases import labelled_cases
 from anodiff.inference.prediction import Prediction
 from anodiff.io import read_volume
@@ -80,7 +80,8 @@ def save_detection_figures(folder: Path, case_id: str, result: Prediction, truth
                            baseline: tuple[str, np.ndarray], channel: int, units: str) -> None:
     """``<case>.png``: three views through the largest lesion of the normalised image, its reconstruction and
     the anomaly map (colour bar in ``units``), with the outlines of the truth (green), anodiff's mask (red) and
-    the baseline's (blue); ``<case>_montage.png``: the axial slices with most lesion. ``channel`` is the
+    the baseline's (blue); ``<case>_montage.png``: the axial slices with most lesion; ``<case>.npz``: the 2D
+    views they show (``anodiff report`` redraws from it). ``channel`` is the
     modality shown; ``baseline`` its name and calibrated mask."""
     ras = ras_view(result.reference.affine)
     brain = ras(result.brain)
@@ -90,7 +91,4 @@ def save_detection_figures(folder: Path, case_id: str, result: Prediction, truth
     panels = [("reconstruction", ras(result.maps["reconstruction"][channel]) * brain, "gray", "", 1.0),
               ("anomaly map", ras(result.maps["score"]), "inferno", units, None)]
     spacing = ras_spacing(result.reference.affine, result.reference.spacing_mm)
-    name = case_id.replace("/", "_")
-    save_case_figure(folder / f"{name}.png", case_id, image, panels, outlines, brain, spacing)
-    save_montage(folder / f"{name}_montage.png", f"{case_id}: axial slices with most lesion", image, outlines,
-                 brain, spacing)
+    save_case_figures(folder, case_id.replace("/", "_"), case_views(case_id, image, panels, outlines, brain, spacing))

@@ -25,7 +25,7 @@ from anodiff.evaluation.segmentation import (
     zone_means,
     zone_summary,
 )
-from anodiff.figures import BLUE, GREEN, RED, ras_spacing, ras_view, save_case_figure, save_montage
+from anodiff.figures import BLUE, GREEN, RED, case_views, ras_spacing, ras_view, save_case_figures
 from anodiff.inference.cases import labelled_cases, prepare
 from anodiff.inference.fusion import fuse
 from anodiff.inference.prediction import Prediction
@@ -136,7 +136,8 @@ def save_segmentation_figures(folder: Path, case_id: str, result: Prediction, tr
                               unet: Prediction | None, uncertainty: str) -> None:
     """``<case>.png``: three views through the largest lesion of the image, the fused probability and the
     uncertainty (colour bars), with the outlines of the truth (green), SegDiff (red) and the UNet reference
-    (blue); ``<case>_montage.png``: the axial slices with most lesion. First region only."""
+    (blue); ``<case>_montage.png``: the axial slices with most lesion; ``<case>.npz``: the views they show.
+    First region only."""
     ras = ras_view(result.reference.affine)
     brain = ras(result.brain)
     image = ras(result.reference.data).astype(np.float32)
@@ -147,7 +148,4 @@ def save_segmentation_figures(folder: Path, case_id: str, result: Prediction, tr
     panels = [("fused probability", ras(result.maps["probability"][0]), "magma", "probability", 1.0),
               ("uncertainty", ras(result.maps["uncertainty"][0]), "viridis", uncertainty, None)]
     spacing = ras_spacing(result.reference.affine, result.reference.spacing_mm)
-    name = case_id.replace("/", "_")
-    save_case_figure(folder / f"{name}.png", case_id, image, panels, outlines, brain, spacing)
-    save_montage(folder / f"{name}_montage.png", f"{case_id}: axial slices with most lesion", image, outlines,
-                 brain, spacing)
+    save_case_figures(folder, case_id.replace("/", "_"), case_views(case_id, image, panels, outlines, brain, spacing))
