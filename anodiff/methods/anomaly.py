@@ -58,7 +58,8 @@ class AnomalyMethod(Method):
     stage_name = ""  # the denoiser's stage in progress messages, when it has a stage before it
 
     def validate(self, config: RunConfig) -> None:
-        check_image_size(config, 2 ** (len(config.model.channels) - 1) * self.downsampling(config))
+        factor = 2 ** (len(config.model.channels) - 1)  # the UNet's downsampling
+        check_image_size(config, factor * self.downsampling(config))
         if max((config.anomaly.t0, *config.anomaly.extra_t0)) >= config.scheduler.num_train_timesteps:
             raise ConfigError(f"anomaly.t0 ({config.anomaly.t0}) must be below scheduler.num_train_timesteps "
                               f"({config.scheduler.num_train_timesteps})")
@@ -67,9 +68,9 @@ class AnomalyMethod(Method):
         patch = config.train.patch_size
         if patch is not None and (config.model.spatial_dims != 2 or self.downsampling(config) != 1):
             raise ConfigError("train.patch_size is for 2D pixel-space DDPMs (kind: ddpm, model.spatial_dims: 2)")
-        if patch is not None and (patch > config.data.image_size or patch % 2 ** (len(config.model.channels) - 1)):
+        if patch is not None and (patch > config.data.image_size or patch % factor):
             raise ConfigError(f"train.patch_size ({patch}) must be at most data.image_size "
-                              f"({config.data.image_size}) and a multiple of {2 ** (len(config.model.channels) - 1)}")
+                              f"({config.data.image_size}) and a multiple of {factor}")
 
     def downsampling(self, config: RunConfig) -> int:
         """How many times smaller, per axis, the diffused sample is than the image."""

@@ -121,9 +121,8 @@ def scan_offset(z: torch.Tensor, brain_grid: torch.Tensor) -> torch.Tensor:
     Lesions fill a minority of the brain, so the median is the healthy tissue's offset from the calibration
     scans (0 on scans like them)."""
     inside = brain_grid[0] > 0
-    if not bool(inside.any()):
-        return torch.zeros((z.shape[0],) + (1,) * (z.ndim - 1), dtype=z.dtype)
-    return torch.stack([c[inside].median() for c in z]).reshape((-1,) + (1,) * (z.ndim - 1))
+    offset = z[:, inside].median(dim=1).values if bool(inside.any()) else z.new_zeros(z.shape[0])
+    return offset.view(-1, *[1] * (z.ndim - 1))
 
 
 def num_slices_run(prepared: PreparedCase, config: RunConfig) -> int:
