@@ -247,3 +247,34 @@ def save_loss_curve(log_csv: Path, path: Path) -> None:
              yscale="log" if min(losses) > 0 else "linear")
     axes.grid(alpha=0.3)
     _save(figure, path)
+
+
+def save_outline_rows(path: Path, rows: list[tuple[str, np.ndarray, np.ndarray, list[tuple[str, np.ndarray, Colour]]]],
+                      title: str) -> None:
+    """Rows of three orthogonal views through a volume's centre, with outlines: a preparation's QC figure.
+
+    Each row: (name, image (X, Y, Z), affine, [(label, mask (X, Y, Z), colour)]), shown in RAS order.
+    """
+    figure = Figure(figsize=(9.0, 3.1 * len(rows)), dpi=DPI, layout="constrained")
+    figure.suptitle(title, fontsize=10)
+    grid = figure.subplots(len(rows), 3, squeeze=False)
+    for axes_row, (name, image, affine, outlines) in zip(grid, rows):
+        view = ras_view(affine)
+        image, masks = view(image), [view(mask) > 0.5 for _, mask, _ in outlines]
+        centre = tuple(s // 2 for s in image.shape)
+        box = tuple(slice(0, s) for s in image.shape)
+        low, high = np.percentile(image, [1.0, 99.5])
+        tiles = view_slices((image - low) / max(high - low, 1e-6), centre, box)
+        mask_tiles = [view_slices(m, centre, box) for m in masks]
+        sx, sy, sz = ras_spacing(affine, np.linalg.norm(affine[:3, :3], axis=0))
+        for v, axes in enumerate(axes_row):
+            aspect = (sy / sx, sz / sx, sz / sy)[v]
+            axes.imshow(np.clip(tiles[v], 0, 1), cmap="gray", vmin=0, vmax=1, aspect=aspect)
+            for (_, _, colour), mt in zip(outlines, mask_tiles):
+                if mt[v].any():
+                    axes.contour(mt[v].astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.0)
+            axes.set_axis_off()
+            axes.set_title(f"{name}: {VIEWS[v]}", fontsize=8)
+        axes_row[0].legend(handles=[Line2D([], [], color=c, lw=2, label=label) for label, _, c in outlines],
+                           fontsize=7, loc="lower left", framealpha=0.7)
+    _save(figure, path)

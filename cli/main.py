@@ -114,6 +114,49 @@ def inspect(
         raise fail(f"{data}: no usable cases found")
 
 
+@command
+def prepare(
+    raw: Annotated[list[Path], typer.Argument(help="Raw scan file(s), case folder(s) or a data folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the prepared cases (BraTS layout).")],
+    reference: Annotated[str | None, typer.Option(
+        help="Modality the others and the template are aligned to (default: t1, else the first).")] = None,
+    grid: Annotated[str, typer.Option(help="template: resample onto the template's grid; reference: keep "
+                                           "the raw reference scan's own orientation and field of view.")]
+    = "template",
+    spacing: Annotated[float, typer.Option(help="Isotropic voxel spacing of the prepared grid, mm.")] = 1.0,
+    template: Annotated[str, typer.Option(help="Template to register to (shipped, no download).")] = "mni152",
+    bias: Annotated[bool, typer.Option("--bias/--no-bias", help="N4 bias-field correction.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the registrations' point samples.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace cases already prepared.")] = False,
+) -> None:
+    """Bias-correct, co-register, align to the template and skull-strip raw scans, keeping the transforms."""
+    from anodiff.inference.cases import resolve_cases
+    from anodiff.prepare import Options, prepare_cases, read_record
+
+    if template != "mni152":
+        raise fail(f"unknown template '{template}'; the shipped one is mni152 (MNI152 2009a, from nilearn)")
+    options = Options(reference=reference, grid=grid, spacing_mm=spacing, bias=bias, seed=seed)
+    cases = resolve_cases(raw, {})
+    with progress_bar("preparing") as progress:
+        outcomes = prepare_cases(cases, out, options, overwrite=overwrite, progress=progress)
+    table = Table(title=f"{len(cases)} case(s) prepared into {out}")
+    for column in ("case", "reference", "skull-stripped", "brain ml", "brain Dice vs given", "seconds"):
+        table.add_column(column)
+    for o in outcomes:
+        if o.folder is not None:
+            record = read_record(o.folder)
+            dice = record["brain"].get("dice_vs_given")
+            table.add_row(o.case, record["reference"], "yes" if record["skull_stripped"] else "no",
+                          f"{record['brain']['ml']:.0f}", "-" if dice is None else f"{dice:.3f}",
+                          f"{sum(record['seconds'].values()):.1f}")
+    stdout.print(table)
+    failures = [o for o in outcomes if o.error]
+    for o in failures:
+        stderr.print(f"[red]not prepared[/] {o.case}: {o.error}", highlight=False, soft_wrap=True)
+    if failures:
+        raise fail(f"{len(failures)} of {len(outcomes)} case(s) not prepared; the others were written", code=1)
+
+
 def _config(config: Path | None, overrides: list[str] | None, steps: int | None):
     from dataclasses import replace
 

@@ -17,7 +17,7 @@ LAYERS = {
     "anodiff": 0, "anodiff.errors": 0, "anodiff.progress": 0,
     "anodiff.config": 1, "anodiff.io": 1, "anodiff.distributed": 1, "anodiff.figures": 1,
     "anodiff.data": 2, "anodiff.weights": 2,
-    "anodiff.models": 3, "anodiff.diffusion": 3, "anodiff.evaluation": 3,
+    "anodiff.models": 3, "anodiff.diffusion": 3, "anodiff.evaluation": 3, "anodiff.prepare": 3,
     "anodiff.training": 4, "anodiff.inference": 4, "anodiff.modelfolder": 4,
     "anodiff.methods": 5,
     "anodiff.recipes": 6,

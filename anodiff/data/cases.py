@@ -3,14 +3,16 @@
 A case is a set of co-registered modalities and an optional label. Layouts
 recognised by file name (any folder depth up to ``max_depth``):
 
-* BraTS 2020/2021: ``<id>_flair``, ``_t1``, ``_t1ce``, ``_t2``, ``_seg`` (labels 1/2/4);
+* BraTS 2020/2021: ``<id>_flair``, ``_t1``, ``_t1ce``, ``_t2``, ``_seg`` (labels 1/2/4),
+  and ``<id>_brain`` or ``<id>_brainmask``: the case's brain mask, not a modality;
 * BraTS 2023+: ``<id>-t2f``, ``-t1n``, ``-t1c``, ``-t2w``, ``-seg`` (labels 1/2/3);
 * IXI: ``IXI002-Guys-0828-T1`` (healthy volumes, modalities t1/t2/pd/mra);
 * any other NIfTI/MetaImage/NRRD file: a case of its own, one modality;
 * a MONAI-style datalist JSON (``{"training": [{"image": ..., "label": ...}]}``,
   or one key per modality), paths relative to the JSON file.
 
-Modality names are lower case and follow BraTS 2021 (``flair``, ``t1``, ``t1ce``,
+A case folder's ``prepare/`` sub-folder (what ``anodiff prepare`` keeps: transforms,
+QC figures) is not searched. Modality names are lower case and follow BraTS 2021 (``flair``, ``t1``, ``t1ce``,
 ``t2``). Data sets with fewer modalities are normal. Discovery reads no voxels;
 what cannot be used is returned with the reason, never silently dropped.
 """
@@ -27,20 +29,23 @@ from anodiff.errors import DataError
 from anodiff.io import image_suffix, strip_image_suffix
 
 BRATS2023_MODALITIES = {"t2f": "flair", "t1n": "t1", "t1c": "t1ce", "t2w": "t2"}
-_BRATS2021 = re.compile(r"^(?P<id>.+)_(?P<mod>flair|t1ce|t1|t2|seg)$", re.IGNORECASE)
+_BRATS2021 = re.compile(r"^(?P<id>.+)_(?P<mod>flair|t1ce|t1|t2|pd|seg|brainmask|brain)$", re.IGNORECASE)
+BRAIN_KEYS = ("brain", "brainmask")
 _BRATS2023 = re.compile(r"^(?P<id>.+)-(?P<mod>t2f|t1n|t1c|t2w|seg)$", re.IGNORECASE)
 _IXI = re.compile(r"^(?P<id>IXI\d+-[A-Za-z]+-\d+)-(?P<mod>T1|T2|PD|MRA|DTI)$")
-_IGNORED_NAMES = {"cohort.json", "readme.md", "readme.txt", ".ds_store"}
+_IGNORED_NAMES = {"cohort.json", "prepare.json", "readme.md", "readme.txt", ".ds_store"}
+_IGNORED_FOLDERS = {"prepare"}
 
 
 @dataclass(frozen=True)
 class Case:
-    """One subject: modality name -> image path, and the label path if any."""
+    """One subject: modality name -> image path, the label path and brain mask path if any."""
 
     id: str
     images: dict[str, Path]
     label: Path | None = None
     layout: str = "folder"
+    brain: Path | None = None
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -138,11 +143,14 @@ def _discover_folder(root: Path, *, max_depth: int, default_modality: str) -> Di
             skipped.append(Skipped(paths[0].parent, f"case {case_id}: {len(paths)} files for modality '{mod}'"))
             continue
         label = files.pop("seg", [None])[0]
+        brains = [p for key in BRAIN_KEYS for p in files.pop(key, [])]
         if not files:
-            skipped.append(Skipped(label, f"case {case_id}: a label without any image"))
+            what = "label" if label else "brain mask"
+            skipped.append(Skipped(label or brains[0], f"case {case_id}: a {what} without any image"))
             continue
         images = {m: ps[0] for m, ps in sorted(files.items())}
-        cases.append(Case(id=case_id, images=images, label=label, layout=layouts[case_id]))
+        cases.append(Case(id=case_id, images=images, label=label, layout=layouts[case_id],
+                          brain=brains[0] if brains else None))
     return Discovery(root=root, cases=cases, skipped=skipped)
 
 
@@ -151,7 +159,7 @@ def _walk(root: Path, max_depth: int):
     for entry in sorted(root.iterdir()):
         if entry.name.startswith("."):
             continue
-        if entry.is_dir() and max_depth > 1:
+        if entry.is_dir() and max_depth > 1 and entry.name not in _IGNORED_FOLDERS:
             yield from _walk(entry, max_depth - 1)
         elif entry.is_file():
             yield entry

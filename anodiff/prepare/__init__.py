@@ -1,0 +1,69 @@
+"""Raw scans -> analysis-ready cases, and outputs back onto the raw scans' grids.
+
+:func:`prepare_cases` runs :func:`~anodiff.prepare.case.prepare_case` over a
+data folder, one case at a time, a failing case reported and the others kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from anodiff.data.cases import Case
+from anodiff.errors import DataError
+from anodiff.prepare.case import Options, prepare_case, read_record, reference_of, to_raw_grid
+from anodiff.progress import Progress
+
+__all__ = ["Options", "Outcome", "prepare_case", "prepare_cases", "read_record", "reference_of", "to_raw_grid",
+           "RECORD"]
+
+log = logging.getLogger(__name__)
+RECORD = "prepare.json"  # at a prepared data set's root: the options, which a model trained on it keeps
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One case's preparation: its folder, or why it could not be prepared."""
+
+    case: str
+    folder: Path | None = None
+    error: str | None = None
+
+
+def prepare_cases(cases: list[Case], out: Path, options: Options = Options(), *, overwrite: bool = False,
+                  progress: Progress | None = None) -> list[Outcome]:
+    """Prepare every case into ``out``; a case already there is refused unless ``overwrite``."""
+    options.check()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RECORD).write_text(json.dumps({"options": asdict(options)}, indent=2))
+    outcomes = []
+    for done, case in enumerate(cases, start=1):
+        outcomes.append(_one(case, out, options, overwrite))
+        if progress is not None:
+            progress(done, len(cases), case.id)
+    return outcomes
+
+
+def _one(case: Case, out: Path, options: Options, overwrite: bool) -> Outcome:
+    target = out / case.id.replace("/", "_")
+    if target.exists() and not overwrite:
+        return Outcome(case.id, error=f"{target}: already prepared (pass --overwrite to replace it)")
+    try:
+        return Outcome(case.id, folder=prepare_case(case, out, options))
+    except (DataError, RuntimeError, ValueError) as err:  # SimpleITK raises RuntimeError
+        reason = " ".join(str(err).split())[:300]
+        log.warning("case %s not prepared: %s", case.id, reason)
+        return Outcome(case.id, error=reason)
+
+
+def read_options(root: Path) -> Options | None:
+    """The options a prepared data set was made with, or None when ``root`` was not made by prepare."""
+    path = Path(root) / RECORD
+    if not path.is_file():
+        return None
+    try:
+        return Options(**json.loads(path.read_text())["options"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: not a readable preparation record ({err})") from err

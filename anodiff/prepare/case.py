@@ -1,0 +1,201 @@
+"""Prepare one raw case: bias correction, co-registration, template registration, brain extraction.
+
+What a case becomes (``OUT/<id>/``, the BraTS 2021 layout, so every anodiff
+command reads it as it reads BraTS)::
+
+    <id>_<modality>.nii.gz      each modality on the prepared grid, bias-corrected, 0 outside the brain
+    <id>_brain.nii.gz           the brain mask on the prepared grid (uint8)
+    <id>_seg.nii.gz             the label, if the raw case had one, carried onto the prepared grid
+    prepare/brain_on_raw_<ref>.nii.gz   the brain mask on the raw reference scan's own grid
+    prepare/<mod>_to_<ref>.tfm          rigid, reference points -> that modality's raw points
+    prepare/grid_to_<ref>.tfm           prepared-grid points -> raw reference points (affine)
+    prepare/prepare.json        what was done, the raw files, seconds per stage
+    prepare/qc.png              the brain's outline on the raw scan; the template's on the prepared one
+
+Transforms follow ITK's convention (output points -> input points), as text
+files; the prepared grid's geometry is stored in ``prepare.json``, so a map
+computed on it can be resampled back onto the raw scan (:func:`to_raw_grid`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from anodiff import figures
+from anodiff.data.cases import Case
+from anodiff.errors import DataError
+from anodiff.io import Volume, read_volume, write_volume
+from anodiff.prepare import brain as brains
+from anodiff.prepare import register
+from anodiff.prepare.geometry import affine_of, read_transform, regrid, resample, to_array, to_sitk, write_transform
+from anodiff.prepare.template import mni152
+
+GRIDS = ("template", "reference")
+REFERENCE_ORDER = ("t1", "t1ce", "t2", "flair", "pd")
+
+
+@dataclass(frozen=True)
+class Options:
+    """How cases are prepared; a model trained on prepared data stores these and detects with them."""
+
+    reference: str | None = None  # the modality the others and the template are aligned to (default: t1)
+    grid: str = "template"  # "template": resampled onto the template's grid; "reference": the raw reference's
+    spacing_mm: float = 1.0  # isotropic spacing of the prepared grid
+    bias: bool = True  # N4 bias-field correction
+    seed: int = 0  # the registrations' point samples
+
+    def check(self) -> None:
+        if self.grid not in GRIDS:
+            raise DataError(f"grid must be one of {', '.join(GRIDS)}, got '{self.grid}'")
+        if not 0.25 <= self.spacing_mm <= 8:
+            raise DataError(f"spacing must be between 0.25 and 8 mm, got {self.spacing_mm}")
+
+
+def reference_of(case: Case, options: Options) -> str:
+    """The case's reference modality: the one asked for, else the first of ``REFERENCE_ORDER`` it has."""
+    if options.reference:
+        if options.reference not in case.images:
+            raise DataError(f"case {case.id} has no '{options.reference}' (it has {', '.join(case.images)})")
+        return options.reference
+    return next((m for m in REFERENCE_ORDER if m in case.images), next(iter(case.images)))
+
+
+def prepare_case(case: Case, out: Path, options: Options = Options()) -> Path:
+    """Prepare ``case`` into ``out/<id>/`` (written whole, or not at all); returns that folder.
+
+    Raises:
+        DataError: a file that cannot be read, or a missing reference modality.
+    """
+    options.check()
+    folder = out / _safe_id(case.id)
+    staging = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "prepare").mkdir(parents=True)
+    try:
+        record = _prepare_into(case, staging, options)
+        (staging / "prepare" / "prepare.json").write_text(json.dumps(record, indent=2))
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _prepare_into(case: Case, folder: Path, options: Options) -> dict:
+    clock, seconds = time.perf_counter(), {}
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] = round(now - clock, 2)
+        clock = now
+
+    ref = reference_of(case, options)
+    raw = {m: read_volume(p) for m, p in case.images.items()}
+    scans = {m: to_sitk(v) for m, v in raw.items()}
+    stripped = brains.is_skull_stripped(scans[ref])
+    heads = {m: brains.stripped_brain(s) if stripped else brains.head_mask(s) for m, s in scans.items()}
+    if options.bias:
+        scans = {m: brains.correct_bias(s, heads[m]) for m, s in scans.items()}
+    lap("bias")
+    with register.deterministic():
+        to_ref = {m: register.coregister(scans[ref], s, seed=options.seed) for m, s in scans.items() if m != ref}
+        lap("coregister")
+        template = mni152()
+        grid_to_ref = (register.to_template(scans[ref], heads[ref], template, seed=options.seed)
+                       if options.grid == "template" else sitk.AffineTransform(3))
+    lap("template")
+
+    brain_raw = heads[ref] if stripped else brains.refine_brain(
+        scans[ref], resample(template.brain, scans[ref], grid_to_ref.GetInverse()))
+    lap("brain")
+    checks = _brain_checks(case, brain_raw)
+    grid = regrid(template.image if options.grid == "template" else scans[ref], options.spacing_mm)
+    _write_outputs(case, folder, ref, scans, to_ref, grid_to_ref, grid, brain_raw, raw)
+    _qc(folder, case.id, ref, scans[ref], brain_raw, grid, grid_to_ref, template)
+    lap("write")
+    return {"case": case.id, "reference": ref, "skull_stripped": stripped, "options": asdict(options),
+            "template": template.name if options.grid == "template" else None,
+            "raw": {m: str(p) for m, p in case.images.items()},
+            "raw_shape": list(raw[ref].shape), "raw_affine": raw[ref].affine.tolist(),
+            "grid": {"size": list(grid.GetSize()), "affine": affine_of(grid).tolist()},
+            "brain": checks, "seconds": seconds}
+
+
+def _write_outputs(case, folder, ref, scans, to_ref, grid_to_ref, grid, brain_raw, raw) -> None:
+    cid = folder.name.removeprefix(".").removesuffix(".partial")
+    brain = to_array(resample(sitk.Cast(brain_raw, sitk.sitkFloat32), grid, grid_to_ref)) > 0.5
+    like = Volume(np.zeros(grid.GetSize(), np.uint8), affine_of(grid))
+    for m, scan in scans.items():
+        transform = grid_to_ref if m == ref else sitk.CompositeTransform([to_ref[m], grid_to_ref])
+        image = np.where(brain, np.maximum(to_array(resample(scan, grid, transform)), 0), 0)
+        write_volume(image.astype(np.float32), folder / f"{cid}_{m}.nii.gz", like=like, dtype=np.float32)
+    write_volume(brain.astype(np.uint8), folder / f"{cid}_brain.nii.gz", like=like, dtype=np.uint8)
+    if case.label is not None:
+        label = to_sitk(read_volume(case.label, allow_constant=True))
+        carried = to_array(resample(label, grid, grid_to_ref, label=True)) * brain
+        write_volume(np.rint(carried).astype(np.uint8), folder / f"{cid}_seg.nii.gz", like=like, dtype=np.uint8)
+    write_volume(to_array(brain_raw, np.uint8), folder / "prepare" / f"brain_on_raw_{ref}.nii.gz",
+                 like=raw[ref], dtype=np.uint8)
+    write_transform(grid_to_ref, folder / "prepare" / f"grid_to_{ref}.tfm")
+    for m, transform in to_ref.items():
+        write_transform(transform, folder / "prepare" / f"{m}_to_{ref}.tfm")
+
+
+def _qc(folder, case_id, ref, scan, brain_raw, grid, grid_to_ref, template) -> None:
+    affine = affine_of(scan)
+    rows = [(f"raw {ref}", to_array(scan), affine, [("brain", to_array(brain_raw), (0.0, 1.0, 1.0))])]
+    prepared = resample(scan, grid, grid_to_ref)
+    outlines = [("brain", to_array(resample(sitk.Cast(brain_raw, sitk.sitkFloat32), grid, grid_to_ref)),
+                 (0.0, 1.0, 1.0))]
+    if template is not None:
+        outlines.append(("template brain", to_array(resample(template.brain, grid)), (1.0, 0.85, 0.0)))
+    rows.append((f"prepared {ref}", to_array(prepared), affine_of(grid), outlines))
+    figures.save_outline_rows(folder / "prepare" / "qc.png", rows, f"{case_id}: anodiff prepare")
+
+
+def _brain_checks(case: Case, brain: sitk.Image) -> dict:
+    """The brain's volume, and its Dice against the brain mask the raw case came with (if any)."""
+    found = to_array(brain) > 0.5
+    checks = {"ml": round(float(found.sum() * np.prod(brain.GetSpacing())) / 1000, 1)}
+    if case.brain is not None:
+        given = resample(to_sitk(read_volume(case.brain, allow_constant=True)), brain, label=True)
+        given = to_array(given) > 0.5
+        checks["dice_vs_given"] = round(float(2 * (found & given).sum() / max(found.sum() + given.sum(), 1)), 4)
+    return checks
+
+
+def to_raw_grid(values: np.ndarray, prepared: Path, *, label: bool) -> Volume:
+    """``values`` (X, Y, Z) on a prepared case's grid, resampled onto its raw reference scan's grid.
+
+    ``prepared``: the case's folder written by :func:`prepare_case`. Linear
+    interpolation for a map, nearest neighbour for a mask (``label``).
+    """
+    record = read_record(prepared)
+    ref = record["reference"]
+    grid_to_ref = read_transform(prepared / "prepare" / f"grid_to_{ref}.tfm")
+    on_grid = to_sitk(np.asarray(values, np.float32), np.asarray(record["grid"]["affine"]))
+    raw_affine = np.asarray(record["raw_affine"])
+    raw_grid = to_sitk(np.zeros(record["raw_shape"], np.float32), raw_affine)
+    back = to_array(resample(on_grid, raw_grid, grid_to_ref.GetInverse(), label=label))
+    return Volume(back, raw_affine)
+
+
+def read_record(prepared: Path) -> dict:
+    """The ``prepare.json`` of a prepared case folder, or DataError."""
+    path = Path(prepared) / "prepare" / "prepare.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable preparation record ({err})") from err
+
+
+def _safe_id(case_id: str) -> str:
+    return case_id.replace("/", "_")
