@@ -62,6 +62,8 @@ def synth(
     kinds: Annotated[str, typer.Option(help="Comma-separated lesion kinds to cycle through.")] =
         "glioma,wm_lesions,t1_hypo,mass",
     spacing: Annotated[float, typer.Option(help="Base voxel spacing in mm (each subject varies around it).")] = 1.0,
+    raw: Annotated[bool, typer.Option("--raw", help="Raw scans: head, neck, a pose and grid per modality, "
+                                                    "bias (t1/t2/flair; the brain mask beside them).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")] = False,
 ) -> None:
     """Write a synthetic multi-contrast brain cohort with lesions and ground truth (no download)."""
@@ -70,7 +72,7 @@ def synth(
     kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
     with progress_bar("synthesising") as progress:
         infos = write_cohort(out, cases, seed=seed, healthy_fraction=healthy_fraction, healthy_only=healthy_only,
-                             kinds=kind_list, spacing_mm=spacing, overwrite=overwrite, progress=progress)
+                             kinds=kind_list, spacing_mm=spacing, raw=raw, overwrite=overwrite, progress=progress)
     table = Table(title=f"synthetic cohort in {out}")
     for column in ("case", "kind", "lesions", "lesion ml", "shape", "spacing mm", "axes"):
         table.add_column(column)

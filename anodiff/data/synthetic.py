@@ -142,32 +142,48 @@ def render_subject(seed: int, index: int, kind: str | None, *, spacing_mm: float
     to_template = _random_warp(anatomy_rng, shape, world, atlas)
     tissues = _sample_tissues(atlas, to_template(world))
 
-    label = np.zeros(shape, np.uint8)
-    compartments: list[tuple[str, np.ndarray]] = []
-    num_lesions = 0
-    if kind is not None:
-        plan = plan_lesions(kind, lesion_rng, world, tissues, affine)
-        num_lesions = len(plan.centres)
-        if with_lesion:
-            if plan.push_mm > 0:
-                displaced = mass_effect(world, plan.centres[0], plan.radii[0].max(), plan.push_mm)
-                tissues = _sample_tissues(atlas, to_template(displaced))
-            compartments, label = lesion_compartments(kind, plan, world, tissues, lesion_rng)
-
+    tissues, compartments, label, num_lesions = draw_lesions(kind, lesion_rng, world, tissues, affine, to_template,
+                                                             with_lesion=with_lesion)
     contrast = _contrast(imaging_rng)
     images = {}
-    for m, modality in enumerate(MODALITIES):
-        image = sum(tissues[t] * contrast[modality][i] for i, t in enumerate(("csf", "gm", "wm")))
-        for name, weight in compartments:
-            image = (1 - weight) * image + weight * LESION_MEANS[name][m] * contrast["lesion_gain"][m]
+    for modality in MODALITIES:
         bias = np.exp(smooth_field(imaging_rng, shape, 4, 0.08))
-        images[modality] = (image * bias).astype(np.float32)
+        images[modality] = (brain_image(modality, tissues, compartments, contrast) * bias).astype(np.float32)
     noise_sigma = noise_rng.uniform(0.01, 0.03)
     for modality in MODALITIES:
         real = images[modality] + noise_rng.normal(0, noise_sigma, shape).astype(np.float32)
         imag = noise_rng.normal(0, noise_sigma, shape).astype(np.float32)
         images[modality] = np.where(tissues["brain"], np.sqrt(real**2 + imag**2), 0).astype(np.float32)
     return Subject(images=images, label=label, affine=affine, num_lesions=num_lesions)
+
+
+def draw_lesions(kind: str | None, rng: np.random.Generator, world: np.ndarray, tissues: dict, affine: np.ndarray,
+                 to_template, *, with_lesion: bool = True) -> tuple[dict, list, np.ndarray, int]:
+    """(tissues, compartments, label, number of lesions) of a subject with a ``kind`` lesion (None: healthy).
+
+    A lesion with mass effect pushes the anatomy: ``tissues`` are resampled, displaced.
+    """
+    label = np.zeros(world.shape[1:], np.uint8)
+    if kind is None:
+        return tissues, [], label, 0
+    atlas = _atlas()
+    plan = plan_lesions(kind, rng, world, tissues, affine)
+    if not with_lesion:
+        return tissues, [], label, len(plan.centres)
+    if plan.push_mm > 0:
+        displaced = mass_effect(world, plan.centres[0], plan.radii[0].max(), plan.push_mm)
+        tissues = _sample_tissues(atlas, to_template(displaced))
+    compartments, label = lesion_compartments(kind, plan, world, tissues, rng)
+    return tissues, compartments, label, len(plan.centres)
+
+
+def brain_image(modality: str, tissues: dict, compartments: list, contrast: dict) -> np.ndarray:
+    """One contrast of the brain: tissue partial volumes times their intensities, lesion compartments blended in."""
+    m = MODALITIES.index(modality)
+    image = sum(tissues[t] * contrast[modality][i] for i, t in enumerate(("csf", "gm", "wm")))
+    for name, weight in compartments:
+        image = (1 - weight) * image + weight * LESION_MEANS[name][m] * contrast["lesion_gain"][m]
+    return image
 
 
 def _subject_grid(atlas: _Atlas, rng: np.random.Generator, base_mm: float) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -255,10 +271,14 @@ def write_cohort(
     healthy_only: bool = False,
     kinds: tuple[str, ...] = LESION_KINDS,
     spacing_mm: float = 1.0,
+    raw: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> list[CaseInfo]:
     """Write a synthetic cohort in the BraTS 2021 layout, plus ``cohort.json``.
+
+    ``raw``: scans as a scanner writes them (:mod:`anodiff.data.raw`: head, pose, own grid per
+    modality, t1 / t2 / flair), with the true brain mask (``<id>_brainmask``) on the t1 grid.
 
     Raises:
         DataError: when ``out`` holds files and ``overwrite`` is False, or on bad arguments.
@@ -282,12 +302,19 @@ def write_cohort(
     infos = []
     for index, kind in enumerate(plan):
         case_id = f"synth_{seed:03d}_{index:04d}"
-        subject = render_subject(seed, index, kind, spacing_mm=spacing_mm)
-        infos.append(_write_case(staging / case_id, case_id, subject, kind))
+        if raw:
+            from anodiff.data.raw import render_raw_subject, write_raw_case
+
+            infos.append(write_raw_case(staging / case_id, case_id, render_raw_subject(
+                seed, index, kind, spacing_mm=spacing_mm), kind))
+        else:
+            subject = render_subject(seed, index, kind, spacing_mm=spacing_mm)
+            infos.append(_write_case(staging / case_id, case_id, subject, kind))
         log.debug("wrote %s (%s)", case_id, kind or "healthy")
         if progress is not None:
             progress(index + 1, num_cases)
-    meta = {"seed": seed, "spacing_mm": spacing_mm, "modalities": list(MODALITIES),
+    modalities = ("t1", "t2", "flair") if raw else MODALITIES
+    meta = {"seed": seed, "spacing_mm": spacing_mm, "raw": raw, "modalities": list(modalities),
             "label_scheme": "brats2021", "cases": [asdict(i) for i in infos]}
     (staging / "cohort.json").write_text(json.dumps(meta, indent=2))
     if out.exists():
@@ -299,21 +326,35 @@ def write_cohort(
 def _write_case(folder: Path, case_id: str, subject: Subject, kind: str | None) -> CaseInfo:
     folder.mkdir()
     for modality, image in subject.images.items():
-        stored = np.clip(np.round(image * STORED_SCALE), 0, np.iinfo(np.int16).max).astype(np.int16)
-        _save(stored, subject.affine, folder / f"{case_id}_{modality}.nii.gz")
+        save_image(image, subject.affine, folder / f"{case_id}_{modality}.nii.gz")
     _save(subject.label, subject.affine, folder / f"{case_id}_seg.nii.gz")
-    spacing = tuple(round(float(s), 3) for s in np.linalg.norm(subject.affine[:3, :3], axis=0))
-    voxels = int(np.count_nonzero(subject.label))
+    return case_info(case_id, kind, subject.num_lesions, subject.label, subject.affine)
+
+
+def save_image(image: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """A relative-intensity image stored as int16 (x ``STORED_SCALE``)."""
+    _save(np.clip(np.round(image * STORED_SCALE), 0, np.iinfo(np.int16).max).astype(np.int16), affine, path)
+
+
+def case_info(case_id: str, kind: str | None, num_lesions: int, label: np.ndarray, affine: np.ndarray) -> CaseInfo:
+    """The ``cohort.json`` entry of a case whose label lies on the grid of ``affine``."""
+    spacing = tuple(round(float(s), 3) for s in np.linalg.norm(affine[:3, :3], axis=0))
+    voxels = int(np.count_nonzero(label))
     return CaseInfo(
         id=case_id,
         kind=kind or "healthy",
-        num_lesions=subject.num_lesions,
+        num_lesions=num_lesions,
         lesion_voxels=voxels,
         lesion_ml=round(voxels * float(np.prod(spacing)) / 1000, 3),
-        shape=tuple(int(s) for s in subject.label.shape),
+        shape=tuple(int(s) for s in label.shape),
         spacing_mm=spacing,  # type: ignore[arg-type]
-        orientation="".join(nib.orientations.aff2axcodes(subject.affine)),
+        orientation="".join(nib.orientations.aff2axcodes(affine)),
     )
+
+
+def save_mask(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """A label or mask stored as uint8."""
+    _save(np.asarray(data, np.uint8), affine, path)
 
 
 def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:

@@ -38,10 +38,16 @@ def correct_bias(image: sitk.Image, mask: sitk.Image, *, shrink_mm: float = 6.0,
 
 
 def head_mask(image: sitk.Image) -> sitk.Image:
-    """The head (0/1): Otsu's threshold on a smoothed copy, its largest component, holes filled."""
+    """The head (0/1): Otsu's threshold on a smoothed copy, its large components, holes filled.
+
+    Not only the largest component: dark bone can cut the scalp off the brain, and
+    the scalp is what tells where the top of the head is.
+    """
     smooth = sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), 2.0)
-    foreground = sitk.OtsuThreshold(smooth, 0, 1)
-    head = _largest(foreground)
+    labels = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.OtsuThreshold(smooth, 0, 1)), sortByObjectSize=True)
+    sizes = np.bincount(sitk.GetArrayViewFromImage(labels).ravel())[1:]
+    large = int(np.sum(sizes >= 0.05 * sizes.max())) if len(sizes) else 1
+    head = sitk.Cast((labels > 0) & (labels <= large), sitk.sitkUInt8)
     return sitk.Cast(_fill_slices(head), sitk.sitkUInt8)
 
 
