@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch
 
 from anodiff import distributed
 from anodiff.config import RunConfig
-from anodiff.data.cases import Case
+from anodiff.data.cases import Case, discover
 from anodiff.errors import AnodiffError, ConfigError, DataError
 from anodiff.evaluation.anomaly import report_of_figures
 from anodiff.evaluation.report import Report
@@ -25,10 +26,11 @@ from anodiff.evaluation.segmentation import segmentation_report
 from anodiff.figures import redraw_case_figures
 from anodiff.inference.cases import match_modalities
 from anodiff.inference.prediction import Prediction
-from anodiff.io import strip_image_suffix, write_volume
+from anodiff.io import Volume, read_volume, strip_image_suffix, write_volume
 from anodiff.methods import kinds_where, load_model, method_for
 from anodiff.modelfolder import TrainedModel
-from anodiff.progress import Progress
+from anodiff.prepare import Options, prepare_case, prepare_cases, read_options, reference_of, to_raw_grid
+from anodiff.progress import Progress, staged
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,6 @@ def detect_cases(model: TrainedModel, cases: list[Case], outputs: Outputs, *, th
 def detect_case(model: TrainedModel, case: Case, outputs: Outputs, *, threshold: float, overwrite: bool, seed: int,
                 samples: int | None) -> DetectOutcome:
     """One case of :func:`detect_cases`: every error becomes the outcome's one line, and no half-made case stays."""
-    method = method_for(model.config.model.kind)
     clock = time.perf_counter()
     written: list[Path] = []
     fresh: list[Path] = []
@@ -90,15 +91,12 @@ def detect_case(model: TrainedModel, case: Case, outputs: Outputs, *, threshold:
         fresh = [t for t in targets.values() if not t.exists()]
         case = match_modalities(case, model.modalities)
         check_targets(targets, case, overwrite=overwrite)
-        result = method.predict(model, case, threshold=threshold, samples=samples,
-                                generator=torch.Generator().manual_seed(seed))
-        arrays = output_arrays(result, model)
+        arrays, like, timings = predict_arrays(model, case, threshold=threshold, samples=samples, seed=seed)
         writing = time.perf_counter()
         for name, target in targets.items():
             dtype = np.uint8 if name == "mask" else np.float32
-            written.append(write_volume(arrays[name], target, like=result.reference, dtype=dtype,
-                                        overwrite=overwrite))
-        timings = {**result.timings, "write_s": time.perf_counter() - writing}
+            written.append(write_volume(arrays[name], target, like=like, dtype=dtype, overwrite=overwrite))
+        timings = {**timings, "write_s": time.perf_counter() - writing}
         return DetectOutcome(case.id, written, seconds=time.perf_counter() - clock, timings=timings)
     except Exception as err:  # one bad case must not stop a batch of hundreds
         if not isinstance(err, AnodiffError):
@@ -108,6 +106,35 @@ def detect_case(model: TrainedModel, case: Case, outputs: Outputs, *, threshold:
             if path in fresh:
                 path.unlink(missing_ok=True)
         return DetectOutcome(case.id, [], error=str(err))
+
+
+def predict_arrays(model: TrainedModel, case: Case, *, threshold: float, samples: int | None,
+                   seed: int) -> tuple[dict[str, np.ndarray], Volume, dict[str, float]]:
+    """The output arrays of one case, the volume whose grid they lie on, and the seconds spent.
+
+    A model trained on prepared data (its meta.json's ``preparation``) prepares a
+    raw case the same way first, predicts on the prepared grid and carries the
+    arrays back onto the raw reference scan's own grid (a mask by nearest
+    neighbour, a map linearly). A case that is itself prepared (it has its
+    ``<id>_brain`` mask) is predicted as it is.
+    """
+    method = method_for(model.config.model.kind)
+    generator = torch.Generator().manual_seed(seed)
+    preparation = model.meta.get("preparation")
+    if not preparation or case.brain is not None:
+        result = method.predict(model, case, threshold=threshold, samples=samples, generator=generator)
+        return output_arrays(result, model), result.reference, result.timings
+    options = Options(**preparation["options"])
+    clock = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="anodiff-prepare-") as tmp:
+        folder = prepare_case(case, Path(tmp), options)
+        prepared = match_modalities(discover(folder).cases[0], model.modalities)
+        prepare_s = time.perf_counter() - clock
+        result = method.predict(model, prepared, threshold=threshold, samples=samples, generator=generator)
+        arrays = {name: to_raw_grid(values, folder, label=name == "mask").data
+                  for name, values in output_arrays(result, model).items()}
+    like = read_volume(case.images[reference_of(case, options)])
+    return arrays, like, {"prepare_s": prepare_s, **result.timings}
 
 
 def check_targets(targets: dict[str, Path], case: Case, *, overwrite: bool) -> None:
@@ -163,10 +190,26 @@ def evaluate(model: TrainedModel, data: Path, out: Path, *, seed: int = 0, sampl
         raise ConfigError(f"{model.folder}: --samples is for {' and '.join(kinds_where(lambda m: m.draws_samples))} "
                           "models")
     out.mkdir(parents=True, exist_ok=True)
+    data = prepared_for(model, data, out / "prepared", progress=progress)
     report = method.evaluate(model, data, seed=seed, samples=samples, overrides=overrides,
                              overlays=out / "overlays", progress=progress)
     report.write(out)
     return report
+
+
+def prepared_for(model: TrainedModel, data: Path, folder: Path, *, progress: Progress | None = None) -> Path:
+    """``data`` as the model sees it: prepared into ``folder`` (labels carried onto the prepared grid) when
+    the model was trained on prepared data and ``data`` is not prepared already; else ``data`` itself."""
+    preparation = model.meta.get("preparation")
+    if not preparation or data.is_file() or read_options(data) is not None:
+        return data
+    found = discover(data)
+    outcomes = prepare_cases(found.cases, folder, Options(**preparation["options"]), overwrite=True,
+                             progress=staged(progress, "preparing"))
+    for outcome in outcomes:
+        if outcome.error:
+            log.warning("case %s not prepared, left out: %s", outcome.case, outcome.error)
+    return folder
 
 
 def rerender(folder: Path) -> Report:

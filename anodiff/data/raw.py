@@ -27,12 +27,12 @@ from scipy import ndimage
 
 from anodiff.data.lesions import rotation, smooth_field
 from anodiff.data.synthetic import (
+    CaseInfo,
     _atlas,
     _contrast,
     _random_warp,
     _sample_tissues,
     _world_coordinates,
-    CaseInfo,
     brain_image,
     case_info,
     draw_lesions,
@@ -135,7 +135,7 @@ def _scan_grid(rng: np.random.Generator, base_mm: float, *, sagittal: bool) -> t
     reaching a random depth into the neck."""
     low, high = _atlas().box_mm
     low = low - np.array([25.0, 25.0, rng.uniform(25.0, NECK_MM - 10)])
-    high = high + np.array([25.0, 25.0, 25.0])
+    high = high + np.array([25.0, 25.0, 45.0])  # the top of the head stays in view whatever the pose
     in_plane, thick = base_mm * rng.uniform(1.0, 1.2), base_mm * rng.uniform(1.0, 1.5)
     if sagittal:  # voxel axes P, S, R
         axes, spacing = np.array([[0, -1, 0], [0, 0, 1], [1, 0, 0]], float).T, np.array([in_plane, in_plane, thick])

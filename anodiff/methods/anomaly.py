@@ -40,6 +40,7 @@ from anodiff.methods.base import Method, check_image_size, checkpoint_identity, 
 from anodiff.methods.scoring import detect, finish, reconstruct_volume, score_slices
 from anodiff.modelfolder import WEIGHTS, TrainedModel, begin, save_model
 from anodiff.models import build_network, count_parameters
+from anodiff.prepare import preparation_record
 from anodiff.progress import Progress, staged
 from anodiff.training.loop import fit
 from anodiff.training.objectives import DenoisingObjective
@@ -226,6 +227,7 @@ def training_meta(kind: str, data: Path, layouts, modalities: tuple[str, ...], c
         "kind": kind,
         "modalities": list(modalities),
         "preprocessing": config_to_dict(config.data),
+        "preparation": preparation_record(data),
         "training_data": {
             "root": str(data.resolve()),
             "train_cases": [c.id for c in train_cases],

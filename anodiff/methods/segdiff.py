@@ -42,6 +42,7 @@ from anodiff.inference.volume import brain_slices, map_slices
 from anodiff.methods.base import Method, checkpoint_identity, seeded
 from anodiff.modelfolder import REFERENCE, WEIGHTS, TrainedModel, begin, save_model
 from anodiff.models import build_network, build_reference_unet, count_parameters
+from anodiff.prepare import preparation_record
 from anodiff.progress import Progress, staged
 from anodiff.training.loop import fit
 from anodiff.training.objectives import DenoisingObjective, SegmentationObjective
@@ -147,6 +148,7 @@ def train_segdiff(data: Path, config: RunConfig, out: Path, *, device: torch.dev
         "modalities": list(modalities),
         "regions": {name: list(values) for name, values in zip(cfg.regions, regions)},
         "preprocessing": config_to_dict(config.data),
+        "preparation": preparation_record(data),
         "training_data": {"root": str(data.resolve()), "train_cases": [c.id for c in found.cases],
                           "cases_per_process": distributed.gather([c.id for c in rank_cases]),
                           "num_slices": sum(distributed.gather(len(dataset))),

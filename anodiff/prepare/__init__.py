@@ -16,8 +16,8 @@ from anodiff.errors import DataError
 from anodiff.prepare.case import Options, prepare_case, read_record, reference_of, to_raw_grid
 from anodiff.progress import Progress
 
-__all__ = ["Options", "Outcome", "prepare_case", "prepare_cases", "read_record", "reference_of", "to_raw_grid",
-           "RECORD"]
+__all__ = ["Options", "Outcome", "prepare_case", "prepare_cases", "preparation_record", "read_options",
+           "read_record", "reference_of", "to_raw_grid", "RECORD"]
 
 log = logging.getLogger(__name__)
 RECORD = "prepare.json"  # at a prepared data set's root: the options, which a model trained on it keeps
@@ -56,6 +56,12 @@ def _one(case: Case, out: Path, options: Options, overwrite: bool) -> Outcome:
         reason = " ".join(str(err).split())[:300]
         log.warning("case %s not prepared: %s", case.id, reason)
         return Outcome(case.id, error=reason)
+
+
+def preparation_record(root: Path) -> dict | None:
+    """What a model trained on ``root`` keeps of its preparation (None: the data were not prepared)."""
+    options = read_options(root)
+    return None if options is None else {"options": asdict(options), "template": "mni152_2009a"}
 
 
 def read_options(root: Path) -> Options | None:

@@ -31,7 +31,8 @@ from anodiff.prepare.template import Template
 
 # Template brain top -> head top: scalp, skull and CSF above the brain.
 SCALP_MM = 12.0
-START_HEIGHTS_MM = (-20.0, 0.0, 20.0)
+START_HEIGHTS_MM = (-30.0, -15.0, 0.0, 15.0, 30.0)
+COARSE_MM = 2.0  # moving images are registered at this spacing (or their own, when coarser)
 
 
 @contextmanager
@@ -52,12 +53,33 @@ def coregister(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 0) -> sitk.
     Starts from the scanner's own world coordinates (the identity), which one
     session shares up to the subject's movement between sequences.
     """
+    fixed, moving = coarse(fixed), coarse(moving)
     transform = sitk.Euler3DTransform()
     transform.SetCenter(_centre(fixed))
-    reg = _method(seed, shrink=(4, 2, 1), smooth_mm=(2.0, 1.0, 0.0), iterations=100)
+    reg = _method(seed, shrink=(2, 1), smooth_mm=(2.0, 0.0), iterations=100)
     reg.SetInitialTransform(transform, inPlace=True)
-    reg.Execute(sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32))
+    reg.Execute(fixed, moving)
     return transform
+
+
+def coarse(image: sitk.Image, spacing_mm: float = COARSE_MM) -> sitk.Image:
+    """``image`` (float32) smoothed and resampled to at least ``spacing_mm`` voxels, for registration: the
+    pyramid then works on a small image, and the fit is as good (its transforms are sub-voxel anyway)."""
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    spacing = np.asarray(image.GetSpacing())
+    if spacing.min() >= spacing_mm * 0.9:
+        return image
+    target = np.maximum(spacing, spacing_mm)
+    size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), spacing, target)]
+    smooth = sitk.SmoothingRecursiveGaussian(image, [float(np.sqrt(max(t**2 - s**2, 0)) / 2.355)
+                                                     for s, t in zip(spacing, target)])
+    grid = sitk.Image(size, sitk.sitkFloat32)
+    grid.SetSpacing([float(t) for t in target])
+    grid.SetDirection(image.GetDirection())
+    shift = (target - spacing) / 2
+    grid.SetOrigin([float(v) for v in np.asarray(image.GetOrigin())
+                    + np.asarray(image.GetDirection()).reshape(3, 3) @ shift])
+    return sitk.Resample(smooth, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
 
 def to_template(image: sitk.Image, head: sitk.Image, template: Template, *, seed: int = 0) -> sitk.AffineTransform:
@@ -67,9 +89,9 @@ def to_template(image: sitk.Image, head: sitk.Image, template: Template, *, seed
     """
     fixed = template.image
     mask = _metric_mask(template.brain)
-    moving = sitk.Cast(image, sitk.sitkFloat32)
+    moving = coarse(image)
     rigid = _best_start(fixed, mask, moving, _start(head, template), seed)
-    reg = _method(seed, shrink=(4, 2), smooth_mm=(2.0, 1.0), iterations=150, mask=mask)
+    reg = _method(seed, shrink=(4, 2), smooth_mm=(2.0, 1.0), iterations=100, mask=mask)
     reg.SetInitialTransform(rigid, inPlace=True)
     reg.Execute(fixed, moving)
 
@@ -77,23 +99,32 @@ def to_template(image: sitk.Image, head: sitk.Image, template: Template, *, seed
     affine.SetCenter(rigid.GetCenter())
     affine.SetMatrix(rigid.GetMatrix())
     affine.SetTranslation(rigid.GetTranslation())
-    reg = _method(seed, shrink=(4, 2), smooth_mm=(2.0, 1.0), iterations=150, mask=mask)
+    reg = _method(seed, shrink=(4, 2), smooth_mm=(2.0, 1.0), iterations=100, mask=mask)
     reg.SetInitialTransform(affine, inPlace=True)
     reg.Execute(fixed, moving)
     return affine
 
 
 def _best_start(fixed, mask, moving, start: np.ndarray, seed: int) -> sitk.Euler3DTransform:
-    """The starting height (of ``START_HEIGHTS_MM``) whose coarse rigid fit has the best metric."""
+    """The starting height (of ``START_HEIGHTS_MM``) whose coarse rigid fit matches best.
+
+    Each fit runs at the coarsest level; they are compared at a finer one, where the
+    brain's inner structure (ventricles, grey and white matter) tells the brain from
+    a blob of scalp of the same size, which a blurred template cannot.
+    """
+    judged, judged_mask = coarse(fixed), sitk.Resample(mask, coarse(fixed), sitk.Transform(),
+                                                       sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    judge = _method(seed, shrink=(1,), smooth_mm=(0.0,), iterations=1, mask=judged_mask)
     best, best_value = None, np.inf
     for height in START_HEIGHTS_MM:
         transform = sitk.Euler3DTransform()
         transform.SetCenter(_centre(fixed, mask))
         transform.SetTranslation(tuple(start + [0.0, 0.0, height]))
-        reg = _method(seed, shrink=(6,), smooth_mm=(3.0,), iterations=60, mask=mask)
+        reg = _method(seed, shrink=(6,), smooth_mm=(3.0,), iterations=40, mask=mask)
         reg.SetInitialTransform(transform, inPlace=True)
         reg.Execute(fixed, moving)
-        value = reg.GetMetricValue()
+        judge.SetInitialTransform(transform)
+        value = judge.MetricEvaluate(judged, moving)
         if value < best_value:
             best, best_value = transform, value
     return best
@@ -144,8 +175,10 @@ def _method(seed: int, *, shrink, smooth_mm, iterations: int, mask: sitk.Image |
     if mask is not None:
         reg.SetMetricFixedMask(mask)
     reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsGradientDescent(learningRate=1.0, numberOfIterations=iterations,
-                                      convergenceMinimumValue=1e-6, convergenceWindowSize=10)
+    # Steps of at most 2 mm (or the angle that moves a point 2 mm), shrinking as the direction turns:
+    # plain gradient descent leapt 30-80 mm into the neck or above the head on some scans.
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=0.01, numberOfIterations=iterations,
+                                                 relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetShrinkFactorsPerLevel(list(shrink))
     reg.SetSmoothingSigmasPerLevel(list(smooth_mm))
