@@ -4,7 +4,9 @@
 ``RANK`` and ``LOCAL_RANK``; :func:`init_from_env` then joins the process group
 (NCCL on GPUs, gloo on the CPU). Each rank trains on its own cases
 (:func:`partition`), DistributedDataParallel averages the gradients, and only
-rank 0 logs, writes checkpoints and the model folder. Without ``torchrun`` every
+rank 0 logs, writes checkpoints and the model folder. ``detect`` under torchrun
+takes every N-th case per rank (:func:`shard`); each rank writes its cases' files,
+and rank 0 the summary. Without ``torchrun`` every
 function here is a no-op for a single process.
 """
 
@@ -97,6 +99,15 @@ def partition(items: Sequence[T], seed: int) -> list[T]:
         raise DataError(f"{len(items)} training case(s) for {world_size()} processes; each needs at least one")
     return list(partition_dataset(list(items), num_partitions=world_size(), shuffle=True, seed=seed,
                                   even_divisible=False)[rank()])
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This rank's share of ``items`` for inference: every ``world_size``-th one from its rank on.
+
+    Unlike :func:`partition` nothing is shuffled and a rank may get none: a case is
+    detected the same way whichever rank takes it.
+    """
+    return list(items[rank()::world_size()])
 
 
 def gather(value: T) -> list[T]:

@@ -250,7 +250,7 @@ def detect(
     region found), and optionally the fused probability (--map) and the uncertainty (--uncertainty); with
     several regions, one map per region (<name>_<region>).
     """
-    from anodiff.distributed import pick_device
+    from anodiff import distributed
     from anodiff.inference.cases import resolve_cases
     from anodiff.methods import load_model, method_for
     from anodiff.recipes import detect_cases
@@ -258,7 +258,10 @@ def detect(
     per_modality = {k: v for k, v in {"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}.items() if v}
     if not inputs and not per_modality:
         raise fail("give a scan, a case folder, a data folder, or --flair/--t1/--t1ce/--t2")
-    loaded = load_model(model, device=pick_device(device))
+    chosen = distributed.pick_device(device)
+    if distributed.launched():  # torchrun: each rank detects every N-th case, rank 0 reports them all
+        chosen = distributed.init_from_env(chosen)
+    loaded = load_model(model, device=chosen)
     cases = resolve_cases(inputs or [], per_modality)
     if out is None:
         raise fail("--out is required (a mask file for one case, a folder for several)")
@@ -274,10 +277,16 @@ def detect(
         name = case.id.replace("/", "_")
         return {"mask": out / f"{name}_mask.nii.gz", **{key: out / f"{name}_{key}.nii.gz" for key in method.outputs}}
 
-    with progress_bar(method.activity) as progress:
-        outcomes = detect_cases(loaded, cases, outputs, threshold=threshold, overwrite=overwrite, seed=seed,
-                                samples=samples, progress=progress)
+    with progress_bar(method.activity, disable=not distributed.is_main()) as progress:
+        outcomes = detect_cases(loaded, distributed.shard(cases), outputs, threshold=threshold,
+                                overwrite=overwrite, seed=seed, samples=samples, progress=progress)
+    order = {case.id: index for index, case in enumerate(cases)}
+    outcomes = sorted((o for part in distributed.gather(outcomes) for o in part), key=lambda o: order[o.case_id])
     failures = [o for o in outcomes if o.error]
+    main = distributed.is_main()
+    distributed.shutdown()
+    if not main:
+        raise typer.Exit(1 if failures else 0)
     for o in outcomes:
         if not o.error:
             stdout.print(f"{o.case_id}: {', '.join(str(p) for p in o.written)} ({o.seconds:.1f} s)")
