@@ -7,6 +7,7 @@ recognised by file name (any folder depth up to ``max_depth``):
   and ``<id>_brain`` or ``<id>_brainmask``: the case's brain mask, not a modality;
 * BraTS 2023+: ``<id>-t2f``, ``-t1n``, ``-t1c``, ``-t2w``, ``-seg`` (labels 1/2/3);
 * IXI: ``IXI002-Guys-0828-T1`` (healthy volumes, modalities t1/t2/pd/mra);
+* ``<id>_image``: a case with one unnamed modality (how ``anodiff prepare`` writes a single scan);
 * any other NIfTI/MetaImage/NRRD file: a case of its own, one modality;
 * a MONAI-style datalist JSON (``{"training": [{"image": ..., "label": ...}]}``,
   or one key per modality), paths relative to the JSON file.
@@ -29,7 +30,7 @@ from anodiff.errors import DataError
 from anodiff.io import image_suffix, strip_image_suffix
 
 BRATS2023_MODALITIES = {"t2f": "flair", "t1n": "t1", "t1c": "t1ce", "t2w": "t2"}
-_BRATS2021 = re.compile(r"^(?P<id>.+)_(?P<mod>flair|t1ce|t1|t2|pd|seg|brainmask|brain)$", re.IGNORECASE)
+_BRATS2021 = re.compile(r"^(?P<id>.+)_(?P<mod>flair|t1ce|t1|t2|pd|image|seg|brainmask|brain)$", re.IGNORECASE)
 BRAIN_KEYS = ("brain", "brainmask")
 _BRATS2023 = re.compile(r"^(?P<id>.+)-(?P<mod>t2f|t1n|t1c|t2w|seg)$", re.IGNORECASE)
 _IXI = re.compile(r"^(?P<id>IXI\d+-[A-Za-z]+-\d+)-(?P<mod>T1|T2|PD|MRA|DTI)$")
