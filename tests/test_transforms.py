@@ -96,3 +96,25 @@ def test_chain_on_the_synthetic_cohort(tiny_cohort):
     inside = images[torch.stack([data[i]["brain"] for i in range(len(data))]).expand_as(images) > 0]
     assert 0.3 < float(inside.median()) < 0.8  # normalised brains, not saturated
     assert float(images.max()) == pytest.approx(1.0)
+
+
+def test_slices_on_disk_read_back_as_those_in_memory(tiny_cohort, tmp_path):
+    """data.slice_store: disk keeps no volume in memory and serves the same slices (to float16's precision),
+    labels and lesion slices; its folder goes with the data set."""
+    cases = discover(tiny_cohort).cases
+    memory = SliceDataset(cases, ("flair", "t1"), DataConfig(image_size=32), healthy_only=False)
+    disk = SliceDataset(cases, ("flair", "t1"), DataConfig(image_size=32, slice_store="disk", cache_dir=tmp_path),
+                        healthy_only=False)
+    assert len(disk) == len(memory) and disk.lesion_indices() == memory.lesion_indices() != []
+    assert not any(isinstance(v, dict) for v in disk.volumes)
+    for index in [*range(0, len(memory), 5), *memory.lesion_indices()[:3]]:
+        a, b = memory[index], disk[index]
+        assert torch.allclose(a["image"], b["image"], atol=5e-4) and a["image"].dtype == b["image"].dtype
+        assert torch.equal(a["brain"], b["brain"]) and torch.equal(a["label"], b["label"])
+    folder = next(tmp_path.glob("anodiff-slices-*"))
+    assert len(list(folder.glob("*.slices"))) == len(cases)
+    del disk
+    import gc
+
+    gc.collect()
+    assert not folder.exists()

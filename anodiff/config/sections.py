@@ -28,6 +28,9 @@ class DataConfig:
     slice_range: tuple[float, float] = (0.0, 1.0)  # axial slices kept, as fractions of the brain's extent
     min_brain_fraction: float = 0.05  # slices with less brain than this share of the slice are dropped
     cache_dir: Path | None = None  # persistent cache of preprocessed volumes; None caches in memory
+    # Where a 2D data set keeps its slices: "memory" (float32, as preprocessed) or "disk" (float16 records read
+    # one slice at a time, under cache_dir or a temporary folder), for training data larger than memory.
+    slice_store: Literal["memory", "disk"] = "memory"
 
     def __post_init__(self) -> None:
         lo, hi = self.percentiles

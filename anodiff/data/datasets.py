@@ -2,7 +2,9 @@
 
 Each case goes through the preprocessing chain once: in memory (MONAI
 ``CacheDataset``) or on disk (``PersistentDataset``, keyed on the case's paths
-and the chain), so an epoch never re-reads NIfTI files. :class:`SliceDataset`
+and the chain), so an epoch never re-reads NIfTI files. With ``data.slice_store:
+disk`` the kept slices go to disk as float16 records (:mod:`anodiff.data.slicestore`)
+and are read one at a time, so memory does not grow with the number of cases. :class:`SliceDataset`
 indexes the axial slices of the cached volumes that hold enough brain, within
 a range of the brain's extent, and, for unsupervised training, with no label
 voxel at all.
@@ -11,15 +13,18 @@ voxel at all.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
-from monai.data import CacheDataset, PersistentDataset
+from monai.data import CacheDataset, Dataset, PersistentDataset
 
 from anodiff.config import DataConfig
 from anodiff.data.cases import Case
+from anodiff.data.slicestore import DiskSlices
 from anodiff.data.transforms import BRAIN, IMAGE, LABEL, anodiff_errors, case_item, preprocessing
 from anodiff.progress import Progress
 
@@ -35,8 +40,10 @@ def volume_dataset(
     *,
     with_label: bool,
     spatial_dims: int = 2,
-) -> CacheDataset | PersistentDataset:
-    """Preprocessed volumes, each computed once (memory, or ``cfg.cache_dir`` on disk)."""
+    in_memory: bool = True,
+) -> Dataset:
+    """Preprocessed volumes, each computed once (memory, or ``cfg.cache_dir`` on disk); with ``in_memory``
+    False and no cache folder, computed when read (for a reader that reads each volume once)."""
     items = [case_item(c, modalities) for c in cases]
     if with_label:
         missing = [c.id for c in cases if c.label is None]
@@ -45,6 +52,8 @@ def volume_dataset(
     chain = preprocessing(cfg, with_label=with_label, spatial_dims=spatial_dims)
     if cfg.cache_dir is not None:
         return PersistentDataset(items, transform=chain, cache_dir=cfg.cache_dir)
+    if not in_memory:
+        return Dataset(items, transform=chain)
     # copy_cache=False: the chain is deterministic and readers never write into the cache.
     return CacheDataset(items, transform=chain, cache_rate=1.0, num_workers=0, progress=False, copy_cache=False)
 
@@ -102,21 +111,32 @@ class SliceDataset(torch.utils.data.Dataset):
         self.regions = regions
         self.healthy_only = healthy_only
         with_label = any(c.label is not None for c in self.cases)
+        on_disk = cfg.slice_store == "disk"
         with anodiff_errors():
-            cached = volume_dataset(self.cases, modalities, cfg, with_label=with_label)
-        # Plain tensors held once: a slice lookup then copies nothing and reads no file.
-        self.volumes: list[dict[str, torch.Tensor]] = []
+            cached = volume_dataset(self.cases, modalities, cfg, with_label=with_label, in_memory=not on_disk)
+        # Removed with the data set; under cache_dir when one is given (a disk with room).
+        self._folder = tempfile.TemporaryDirectory(prefix="anodiff-slices-", dir=cfg.cache_dir) if on_disk else None
+        # Plain tensors held once (or slices on disk): a slice lookup then copies nothing and reads no NIfTI file.
+        self.volumes: list[dict[str, torch.Tensor] | DiskSlices] = []
         self.refs: list[SliceRef] = []
+        self._lesion: list[int] = []
         for index in range(len(cached)):
             with anodiff_errors():
                 item = cached[index]
             volume = {k: torch.as_tensor(v).float() for k, v in item.items() if k in (IMAGE, BRAIN, LABEL)}
-            self.volumes.append(volume)
             zs = select_slices(volume, cfg, healthy_only=self.healthy_only)
+            if LABEL in volume:
+                lesion = (volume[LABEL][0] > 0).any(dim=(0, 1))
+                self._lesion += [len(self.refs) + i for i, z in enumerate(zs) if lesion[z]]
             self.refs += [SliceRef(index, z) for z in zs]
+            if on_disk:
+                path = Path(self._folder.name) / f"{index:06d}.slices"
+                volume = DiskSlices(path, volume[IMAGE], volume[BRAIN], volume.get(LABEL), zs)
+            self.volumes.append(volume)
             if progress is not None:
                 progress(index + 1, len(cached))
-        log.info("%d slices from %d volumes (healthy_only=%s)", len(self.refs), len(self.volumes), self.healthy_only)
+        log.info("%d slices from %d volumes (healthy_only=%s, slices in %s)", len(self.refs), len(self.volumes),
+                 self.healthy_only, cfg.slice_store)
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -124,13 +144,12 @@ class SliceDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         ref = self.refs[index]
         volume = self.volumes[ref.volume]
-        item = {
-            IMAGE: volume[IMAGE][..., ref.z],
-            BRAIN: volume[BRAIN][..., ref.z],
-            "case_id": self.cases[ref.volume].id,
-            "z": ref.z,
-        }
-        label = volume[LABEL][..., ref.z] if LABEL in volume else torch.zeros_like(item[BRAIN])
+        if isinstance(volume, DiskSlices):
+            image, brain, label = volume.read(ref.z)
+        else:
+            image, brain = volume[IMAGE][..., ref.z], volume[BRAIN][..., ref.z]
+            label = volume[LABEL][..., ref.z] if LABEL in volume else torch.zeros_like(brain)
+        item = {IMAGE: image, BRAIN: brain, "case_id": self.cases[ref.volume].id, "z": ref.z}
         if self.regions is None:
             item[LABEL] = (label > 0).float()
         else:
@@ -140,8 +159,7 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def lesion_indices(self) -> list[int]:
         """Indices of the slices that hold at least one label voxel."""
-        return [i for i, ref in enumerate(self.refs)
-                if LABEL in self.volumes[ref.volume] and bool((self.volumes[ref.volume][LABEL][..., ref.z] > 0).any())]
+        return list(self._lesion)
 
 
 def brain_patches(images: torch.Tensor, brains: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
