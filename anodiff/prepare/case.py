@@ -109,7 +109,7 @@ def _prepare_into(case: Case, folder: Path, options: Options) -> dict:
         to_ref = {m: register.coregister(scans[ref], s, seed=options.seed) for m, s in scans.items() if m != ref}
         lap("coregister")
         template = mni152()
-        grid_to_ref = (register.to_template(scans[ref], heads[ref], template, seed=options.seed)
+        grid_to_ref = (register.to_template(scans[ref], heads[ref], template, seed=options.seed, stripped=stripped)
                        if options.grid == "template" else sitk.AffineTransform(3))
     lap("template")
 

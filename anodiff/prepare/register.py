@@ -82,15 +82,16 @@ def coarse(image: sitk.Image, spacing_mm: float = COARSE_MM) -> sitk.Image:
     return sitk.Resample(smooth, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
 
-def to_template(image: sitk.Image, head: sitk.Image, template: Template, *, seed: int = 0) -> sitk.AffineTransform:
+def to_template(image: sitk.Image, head: sitk.Image, template: Template, *, seed: int = 0,
+                stripped: bool = False) -> sitk.AffineTransform:
     """Affine transform mapping template points to ``image`` points (ITK's fixed -> moving).
 
-    ``head``: the scan's head mask (0/1, on ``image``'s grid).
+    ``head``: the scan's head mask (0/1, on ``image``'s grid), its brain when ``stripped``.
     """
     fixed = template.image
     mask = _metric_mask(template.brain)
     moving = coarse(image)
-    rigid = _best_start(fixed, mask, moving, _start(head, template), seed)
+    rigid = _best_start(fixed, mask, moving, _start(head, template, 0.0 if stripped else SCALP_MM), seed)
     reg = _method(seed, shrink=(4, 2), smooth_mm=(2.0, 1.0), iterations=100, mask=mask)
     reg.SetInitialTransform(rigid, inPlace=True)
     reg.Execute(fixed, moving)
@@ -130,12 +131,12 @@ def _best_start(fixed, mask, moving, start: np.ndarray, seed: int) -> sitk.Euler
     return best
 
 
-def _start(head: sitk.Image, template: Template) -> np.ndarray:
+def _start(head: sitk.Image, template: Template, scalp_mm: float) -> np.ndarray:
     """Translation (LPS mm) that puts the template brain's centre at the scan's estimated brain centre."""
     head_points = _points(head)
     brain_points = _points(template.brain)
     centre = brain_points.mean(0)
-    top = head_points[:, 2].max() - SCALP_MM
+    top = head_points[:, 2].max() - scalp_mm
     height = top - (brain_points[:, 2].max() - centre[2])
     # The cranium's left-right and front-back centre, from the slab around the brain's height.
     slab = head_points[np.abs(head_points[:, 2] - (height + 20.0)) < 30.0]
