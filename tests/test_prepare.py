@@ -91,6 +91,15 @@ def test_a_mask_on_the_prepared_grid_returns_onto_the_raw_grid(raw_cohort, prepa
         assert dice(back.data, truth.data > 0) >= 0.9, raw_case.id
 
 
+def test_the_reference_grid_keeps_the_raw_field_of_view_and_still_finds_the_brain(raw_cohort, tmp_path):
+    case = discover(raw_cohort).cases[-1]
+    [outcome] = prepare_cases([case], tmp_path, Options(spacing_mm=SPACING, grid="reference"))
+    record = read_record(outcome.folder)
+    assert record["brain"]["dice_vs_given"] >= 0.95 and record["template"] == "mni152_2009a"
+    prepared = read_volume(outcome.folder / f"{case.id}_t1.nii.gz")
+    assert prepared.orientation == read_volume(case.images["t1"]).orientation == "PSR"
+
+
 def test_a_skull_stripped_scan_is_recognised_and_its_brain_kept(tiny_cohort, tmp_path):
     case = discover(tiny_cohort).cases[0]
     [outcome] = prepare_cases([case], tmp_path, Options(spacing_mm=4.0, grid="reference"))

@@ -108,21 +108,24 @@ def _prepare_into(case: Case, folder: Path, options: Options) -> dict:
     with register.deterministic():
         to_ref = {m: register.coregister(scans[ref], s, seed=options.seed) for m, s in scans.items() if m != ref}
         lap("coregister")
-        template = mni152()
-        grid_to_ref = (register.to_template(scans[ref], heads[ref], template, seed=options.seed, stripped=stripped)
-                       if options.grid == "template" else sitk.AffineTransform(3))
+        # The template places the brain mask even when the output keeps the reference's own grid.
+        template = mni152() if options.grid == "template" or not stripped else None
+        template_to_ref = None if template is None else register.to_template(
+            scans[ref], heads[ref], template, seed=options.seed, stripped=stripped)
+    grid_to_ref = template_to_ref if options.grid == "template" else sitk.AffineTransform(3)
     lap("template")
 
     brain_raw = heads[ref] if stripped else brains.refine_brain(
-        scans[ref], resample(template.brain, scans[ref], grid_to_ref.GetInverse()))
+        scans[ref], resample(template.brain, scans[ref], template_to_ref.GetInverse()))
     lap("brain")
     checks = _brain_checks(case, brain_raw)
     grid = regrid(template.image if options.grid == "template" else scans[ref], options.spacing_mm)
     _write_outputs(case, folder, ref, scans, to_ref, grid_to_ref, grid, brain_raw, raw)
-    _qc(folder, case.id, ref, scans[ref], brain_raw, grid, grid_to_ref, template)
+    _qc(folder, case.id, ref, scans[ref], brain_raw, grid, grid_to_ref, template if options.grid == "template"
+        else None)
     lap("write")
     return {"case": case.id, "reference": ref, "skull_stripped": stripped, "options": asdict(options),
-            "template": template.name if options.grid == "template" else None,
+            "template": None if template is None else template.name,
             "raw": {m: str(p) for m, p in case.images.items()},
             "raw_shape": list(raw[ref].shape), "raw_affine": raw[ref].affine.tolist(),
             "grid": {"size": list(grid.GetSize()), "affine": affine_of(grid).tolist()},
