@@ -267,14 +267,12 @@ def save_outline_rows(path: Path, rows: list[tuple[str, np.ndarray, np.ndarray, 
         tiles = view_slices((image - low) / max(high - low, 1e-6), centre, box)
         mask_tiles = [view_slices(m, centre, box) for m in masks]
         sx, sy, sz = ras_spacing(affine, np.linalg.norm(affine[:3, :3], axis=0))
+        meta = {"outlines": [[label, colour] for label, _, colour in outlines]}
         for v, axes in enumerate(axes_row):
             aspect = (sy / sx, sz / sx, sz / sy)[v]
             axes.imshow(np.clip(tiles[v], 0, 1), cmap="gray", vmin=0, vmax=1, aspect=aspect)
-            for (_, _, colour), mt in zip(outlines, mask_tiles):
-                if mt[v].any():
-                    axes.contour(mt[v].astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.0)
+            _outlines(axes, [mt[v] for mt in mask_tiles], meta, width=1.0)
             axes.set_axis_off()
             axes.set_title(f"{name}: {VIEWS[v]}", fontsize=8)
-        axes_row[0].legend(handles=[Line2D([], [], color=c, lw=2, label=label) for label, _, c in outlines],
-                           fontsize=7, loc="lower left", framealpha=0.7)
+        _legend(axes_row[0], meta)
     _save(figure, path)

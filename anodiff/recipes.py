@@ -120,11 +120,10 @@ def predict_arrays(model: TrainedModel, case: Case, *, threshold: float, samples
     """
     method = method_for(model.config.model.kind)
     generator = torch.Generator().manual_seed(seed)
-    preparation = model.meta.get("preparation")
-    if not preparation or case.brain is not None:
+    options = preparation_of(model)
+    if options is None or case.brain is not None:
         result = method.predict(model, case, threshold=threshold, samples=samples, generator=generator)
         return output_arrays(result, model), result.reference, result.timings
-    options = Options(**preparation["options"])
     clock = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="anodiff-prepare-") as tmp:
         folder = prepare_case(case, Path(tmp), options)
@@ -135,6 +134,12 @@ def predict_arrays(model: TrainedModel, case: Case, *, threshold: float, samples
                   for name, values in output_arrays(result, model).items()}
     like = read_volume(case.images[reference_of(case, options)])
     return arrays, like, {"prepare_s": prepare_s, **result.timings}
+
+
+def preparation_of(model: TrainedModel) -> Options | None:
+    """How the model's training data were prepared (None: they were not)."""
+    preparation = model.meta.get("preparation")
+    return Options(**preparation["options"]) if preparation else None
 
 
 def check_targets(targets: dict[str, Path], case: Case, *, overwrite: bool) -> None:
@@ -200,11 +205,11 @@ def evaluate(model: TrainedModel, data: Path, out: Path, *, seed: int = 0, sampl
 def prepared_for(model: TrainedModel, data: Path, folder: Path, *, progress: Progress | None = None) -> Path:
     """``data`` as the model sees it: prepared into ``folder`` (labels carried onto the prepared grid) when
     the model was trained on prepared data and ``data`` is not prepared already; else ``data`` itself."""
-    preparation = model.meta.get("preparation")
-    if not preparation or data.is_file() or read_options(data) is not None:
+    options = preparation_of(model)
+    if options is None or data.is_file() or read_options(data) is not None:
         return data
     found = discover(data)
-    outcomes = prepare_cases(found.cases, folder, Options(**preparation["options"]), overwrite=True,
+    outcomes = prepare_cases(found.cases, folder, options, overwrite=True,
                              progress=staged(progress, "preparing"))
     for outcome in outcomes:
         if outcome.error:

@@ -110,10 +110,14 @@ def _head_layers(points: np.ndarray) -> dict[str, np.ndarray]:
     distance, inverse = _distance_mm()
     voxels = inverse[:3, :3] @ points.reshape(3, -1) + inverse[:3, 3:4]
     d = ndimage.map_coordinates(distance, voxels, order=1, mode="nearest").reshape(points.shape[1:])
-    low, high = _atlas().box_mm
+    bottom = _atlas().box_mm[0][2]
     x, y, z = points
-    neck = ((x / 42.0) ** 2 + ((y + 25.0) / 48.0) ** 2 < 1) & (z < low[2] + 30) & (z > low[2] - NECK_MM)
-    rim = ((x / 47.0) ** 2 + ((y + 25.0) / 53.0) ** 2 < 1) & (z < low[2] + 30) & (z > low[2] - NECK_MM)
+    below = (z < bottom + 30) & (z > bottom - NECK_MM)
+
+    def neck_within(margin_mm: float) -> np.ndarray:  # an elliptic cylinder behind the brainstem, grown by a margin
+        return ((x / (42.0 + margin_mm)) ** 2 + ((y + 25.0) / (48.0 + margin_mm)) ** 2 < 1) & below
+
+    neck, rim = neck_within(0.0), neck_within(5.0)
     csf, skull, scalp = LAYERS_MM
     return {"csf": d <= csf, "skull": (d > csf) & (d <= skull),
             "fat": ((d > skull) & (d <= scalp)) | (rim & ~neck & (d > scalp)), "muscle": neck & (d > scalp)}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from anodiff.data.cases import Case
 from anodiff.errors import DataError
-from anodiff.prepare.case import Options, prepare_case, read_record, reference_of, to_raw_grid
+from anodiff.prepare.case import Options, case_folder, prepare_case, read_record, reference_of, to_raw_grid
 from anodiff.progress import Progress
 
 __all__ = ["Options", "Outcome", "prepare_case", "prepare_cases", "preparation_record", "read_options",
@@ -47,7 +47,7 @@ def prepare_cases(cases: list[Case], out: Path, options: Options = Options(), *,
 
 
 def _one(case: Case, out: Path, options: Options, overwrite: bool) -> Outcome:
-    target = out / case.id.replace("/", "_")
+    target = case_folder(out, case)
     if target.exists() and not overwrite:
         return Outcome(case.id, error=f"{target}: already prepared (pass --overwrite to replace it)")
     try:

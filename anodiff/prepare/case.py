@@ -74,7 +74,7 @@ def prepare_case(case: Case, out: Path, options: Options = Options()) -> Path:
         DataError: a file that cannot be read, or a missing reference modality.
     """
     options.check()
-    folder = out / _safe_id(case.id)
+    folder = case_folder(out, case)
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "prepare").mkdir(parents=True)
@@ -120,9 +120,9 @@ def _prepare_into(case: Case, folder: Path, options: Options) -> dict:
     lap("brain")
     checks = _brain_checks(case, brain_raw)
     grid = regrid(template.image if options.grid == "template" else scans[ref], options.spacing_mm)
-    _write_outputs(case, folder, ref, scans, to_ref, grid_to_ref, grid, brain_raw, raw)
-    _qc(folder, case.id, ref, scans[ref], brain_raw, grid, grid_to_ref, template if options.grid == "template"
-        else None)
+    prepared, brain = _write_outputs(case, folder, ref, scans, to_ref, grid_to_ref, grid, brain_raw, raw)
+    _qc(folder, case.id, ref, scans[ref], brain_raw, grid, prepared, brain,
+        template if options.grid == "template" else None)
     lap("write")
     return {"case": case.id, "reference": ref, "skull_stripped": stripped, "options": asdict(options),
             "template": None if template is None else template.name,
@@ -132,13 +132,19 @@ def _prepare_into(case: Case, folder: Path, options: Options) -> dict:
             "brain": checks, "seconds": seconds}
 
 
-def _write_outputs(case, folder, ref, scans, to_ref, grid_to_ref, grid, brain_raw, raw) -> None:
-    cid = folder.name.removeprefix(".").removesuffix(".partial")
+def _write_outputs(case, folder, ref, scans, to_ref, grid_to_ref, grid, brain_raw,
+                   raw) -> tuple[np.ndarray, np.ndarray]:
+    """Write the prepared case into ``folder``; returns the reference scan (whole head) and the brain on the
+    prepared grid, (X, Y, Z), for the QC figure."""
+    cid = _safe_id(case.id)
     brain = to_array(resample(sitk.Cast(brain_raw, sitk.sitkFloat32), grid, grid_to_ref)) > 0.5
     like = Volume(np.zeros(grid.GetSize(), np.uint8), affine_of(grid))
     for m, scan in scans.items():
         transform = grid_to_ref if m == ref else sitk.CompositeTransform([to_ref[m], grid_to_ref])
-        image = np.where(brain, np.maximum(to_array(resample(scan, grid, transform)), 0), 0)
+        on_grid = to_array(resample(scan, grid, transform))
+        if m == ref:
+            reference = on_grid
+        image = np.where(brain, np.maximum(on_grid, 0), 0)
         write_volume(image.astype(np.float32), folder / f"{cid}_{m}.nii.gz", like=like, dtype=np.float32)
     write_volume(brain.astype(np.uint8), folder / f"{cid}_brain.nii.gz", like=like, dtype=np.uint8)
     if case.label is not None:
@@ -150,17 +156,16 @@ def _write_outputs(case, folder, ref, scans, to_ref, grid_to_ref, grid, brain_ra
     write_transform(grid_to_ref, folder / "prepare" / f"grid_to_{ref}.tfm")
     for m, transform in to_ref.items():
         write_transform(transform, folder / "prepare" / f"{m}_to_{ref}.tfm")
+    return reference, brain
 
 
-def _qc(folder, case_id, ref, scan, brain_raw, grid, grid_to_ref, template) -> None:
-    affine = affine_of(scan)
-    rows = [(f"raw {ref}", to_array(scan), affine, [("brain", to_array(brain_raw), (0.0, 1.0, 1.0))])]
-    prepared = resample(scan, grid, grid_to_ref)
-    outlines = [("brain", to_array(resample(sitk.Cast(brain_raw, sitk.sitkFloat32), grid, grid_to_ref)),
-                 (0.0, 1.0, 1.0))]
+def _qc(folder, case_id, ref, scan, brain_raw, grid, prepared, brain, template) -> None:
+    """``qc.png``: the brain on the raw ``scan``; the brain (and the template's) on the ``prepared`` one."""
+    rows = [(f"raw {ref}", to_array(scan), affine_of(scan), [("brain", to_array(brain_raw), (0.0, 1.0, 1.0))])]
+    outlines = [("brain", brain, (0.0, 1.0, 1.0))]
     if template is not None:
         outlines.append(("template brain", to_array(resample(template.brain, grid)), (1.0, 0.85, 0.0)))
-    rows.append((f"prepared {ref}", to_array(prepared), affine_of(grid), outlines))
+    rows.append((f"prepared {ref}", prepared, affine_of(grid), outlines))
     figures.save_outline_rows(folder / "prepare" / "qc.png", rows, f"{case_id}: anodiff prepare")
 
 
@@ -198,6 +203,11 @@ def read_record(prepared: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: not a readable preparation record ({err})") from err
+
+
+def case_folder(out: Path, case: Case) -> Path:
+    """Where :func:`prepare_case` writes ``case`` under ``out``."""
+    return out / _safe_id(case.id)
 
 
 def _safe_id(case_id: str) -> str:

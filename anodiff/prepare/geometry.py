@@ -54,15 +54,16 @@ def resample(image: sitk.Image, grid: sitk.Image, transform: sitk.Transform | No
     return sitk.Resample(image, grid, transform or sitk.Transform(), method, 0.0, image.GetPixelID())
 
 
-def regrid(grid: sitk.Image, spacing_mm: float) -> sitk.Image:
-    """An empty image covering ``grid``'s field of view at an isotropic ``spacing_mm``."""
+def regrid(grid: sitk.Image, spacing_mm) -> sitk.Image:
+    """An empty image covering ``grid``'s field of view at ``spacing_mm`` (one value, or one per axis)."""
+    spacing = np.broadcast_to(np.asarray(spacing_mm, float), (3,))
     extent = np.asarray(grid.GetSize()) * np.asarray(grid.GetSpacing())
-    size = [max(1, int(round(e / spacing_mm))) for e in extent]
+    size = [max(1, int(round(e / s))) for e, s in zip(extent, spacing)]
     out = sitk.Image(size, sitk.sitkFloat32)
-    out.SetSpacing([float(spacing_mm)] * 3)
+    out.SetSpacing([float(s) for s in spacing])
     out.SetDirection(grid.GetDirection())
     # Keep the field of view's corner: voxel centres shift by half the change of spacing.
-    shift = (np.asarray([spacing_mm] * 3) - np.asarray(grid.GetSpacing())) / 2
+    shift = (spacing - np.asarray(grid.GetSpacing())) / 2
     corner = np.asarray(grid.GetOrigin()) + np.asarray(grid.GetDirection()).reshape(3, 3) @ shift
     out.SetOrigin([float(v) for v in corner])
     return out

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 import numpy as np
 import SimpleITK as sitk
 
+from anodiff.prepare.geometry import regrid, resample
 from anodiff.prepare.template import Template
 
 # Template brain top -> head top: scalp, skull and CSF above the brain.
@@ -70,16 +71,9 @@ def coarse(image: sitk.Image, spacing_mm: float = COARSE_MM) -> sitk.Image:
     if spacing.min() >= spacing_mm * 0.9:
         return image
     target = np.maximum(spacing, spacing_mm)
-    size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), spacing, target)]
     smooth = sitk.SmoothingRecursiveGaussian(image, [float(np.sqrt(max(t**2 - s**2, 0)) / 2.355)
                                                      for s, t in zip(spacing, target)])
-    grid = sitk.Image(size, sitk.sitkFloat32)
-    grid.SetSpacing([float(t) for t in target])
-    grid.SetDirection(image.GetDirection())
-    shift = (target - spacing) / 2
-    grid.SetOrigin([float(v) for v in np.asarray(image.GetOrigin())
-                    + np.asarray(image.GetDirection()).reshape(3, 3) @ shift])
-    return sitk.Resample(smooth, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return resample(smooth, regrid(image, target))
 
 
 def to_template(image: sitk.Image, head: sitk.Image, template: Template, *, seed: int = 0,
@@ -89,7 +83,7 @@ def to_template(image: sitk.Image, head: sitk.Image, template: Template, *, seed
     ``head``: the scan's head mask (0/1, on ``image``'s grid), its brain when ``stripped``.
     """
     fixed = template.image
-    mask = _metric_mask(template.brain)
+    mask = sitk.Cast(template.brain > 0.5, sitk.sitkUInt8)
     moving = coarse(image)
     rigid = _best_start(fixed, mask, moving, _start(head, template, 0.0 if stripped else SCALP_MM), seed)
     reg = _method(seed, shrink=(4, 2), smooth_mm=(2.0, 1.0), iterations=100, mask=mask)
@@ -113,13 +107,13 @@ def _best_start(fixed, mask, moving, start: np.ndarray, seed: int) -> sitk.Euler
     brain's inner structure (ventricles, grey and white matter) tells the brain from
     a blob of scalp of the same size, which a blurred template cannot.
     """
-    judged, judged_mask = coarse(fixed), sitk.Resample(mask, coarse(fixed), sitk.Transform(),
-                                                       sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    judge = _method(seed, shrink=(1,), smooth_mm=(0.0,), iterations=1, mask=judged_mask)
+    judged = coarse(fixed)
+    judge = _method(seed, shrink=(1,), smooth_mm=(0.0,), iterations=1, mask=resample(mask, judged, label=True))
+    centre = _centre(fixed, mask)
     best, best_value = None, np.inf
     for height in START_HEIGHTS_MM:
         transform = sitk.Euler3DTransform()
-        transform.SetCenter(_centre(fixed, mask))
+        transform.SetCenter(centre)
         transform.SetTranslation(tuple(start + [0.0, 0.0, height]))
         reg = _method(seed, shrink=(6,), smooth_mm=(3.0,), iterations=40, mask=mask)
         reg.SetInitialTransform(transform, inPlace=True)
@@ -161,10 +155,6 @@ def _centre(image: sitk.Image, mask: sitk.Image | None = None) -> tuple[float, f
         return tuple(float(v) for v in _points(mask).mean(0))
     size = np.asarray(image.GetSize(), float)
     return image.TransformContinuousIndexToPhysicalPoint(tuple((size - 1) / 2))
-
-
-def _metric_mask(brain: sitk.Image) -> sitk.Image:
-    return sitk.Cast(brain > 0.5, sitk.sitkUInt8)
 
 
 def _method(seed: int, *, shrink, smooth_mm, iterations: int, mask: sitk.Image | None = None,
