@@ -4,7 +4,9 @@ what each speed-up the ecosystem offers does to it.
 For each recipe (default: the real-data CPU recipe and the 128 px GPU recipe), builds the
 network (untrained: the cost does not depend on the weights), counts the FLOPs of one
 pass over one slice (``torch.utils.flop_counter``), then times a batch of slices under:
-eager fp32 (what detect runs, in ``torch.inference_mode``), channels-last, bf16
+eager fp32 (what detect runs, in ``torch.inference_mode``, attention through
+``scaled_dot_product_attention``), the same with the attention matrix materialised (MONAI's
+default, what anodiff ran before), channels-last, bf16
 autocast, one thread, a larger batch, and ``torch.compile``. The peak is cores x clock x
 32 FP32 FLOP per cycle (two 256-bit FMA units: AVX2 + FMA), read from /proc/cpuinfo.
 Prints one table; writes ``<out>/cpu_path.md``.
@@ -42,9 +44,10 @@ def peak_gflops() -> tuple[float, str]:
     return cores * ghz * FLOP_PER_CYCLE, f"{cores} cores x {ghz:.2f} GHz x {FLOP_PER_CYCLE} FLOP/cycle"
 
 
-def slices(config_path: Path, channels: int, batch: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+def slices(config_path: Path, channels: int, batch: int, *, flash_attention: bool = True
+           ) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     config = load_config(config_path)
-    network = build_network(config.model, in_channels=channels).eval()
+    network = build_network(config.model, in_channels=channels, flash_attention=flash_attention).eval()
     size = config.data.image_size
     return network, torch.rand(batch, channels, size, size), torch.full((batch,), 250, dtype=torch.long)
 
@@ -68,6 +71,8 @@ def variants(config_path: Path, channels: int, batch: int):
     """(name, seconds per slice) of each way of running the same pass."""
     network, x, t = slices(config_path, channels, batch)
     yield "eager fp32 (detect today)", seconds_per_slice(network, x, t)
+    plain, _, _ = slices(config_path, channels, batch, flash_attention=False)
+    yield "eager fp32, attention matrix materialised (before)", seconds_per_slice(plain, x, t)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

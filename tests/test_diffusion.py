@@ -127,3 +127,21 @@ def test_ddim_t0_starts_at_t0_on_a_grid_its_step_agrees_with(num_steps):
     x_0 = torch.rand(2, 1, 8, 8) * 2 - 1
     x_hat = reconstruct(oracle(scheduler, x_0), x_0, CFG, sampler, t0=60, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(x_hat, x_0, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_flash_attention_denoiser_matches_the_plain_one_with_the_same_weights(spatial_dims):
+    config = ModelConfig(spatial_dims=spatial_dims, channels=(8, 16), attention_levels=(False, True),
+                         num_head_channels=8, norm_num_groups=8)
+    plain = build_network(config, in_channels=2, flash_attention=False).eval()
+    with torch.no_grad():  # MONAI zero-initialises the output layer: random weights so the outputs say something
+        for parameter in plain.parameters():
+            parameter.normal_(0, 0.1, generator=torch.Generator().manual_seed(parameter.numel()))
+    flash = build_network(config, in_channels=2).eval()
+    flash.load_state_dict(plain.state_dict())  # same parameter names: old model files load unchanged
+    x = torch.rand((2, 2) + (8,) * spatial_dims, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 90])
+    with torch.inference_mode():
+        expected, got = plain(x, t), flash(x, t)
+    assert expected.abs().max() > 0.01
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
