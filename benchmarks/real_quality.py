@@ -43,7 +43,7 @@ FIGURES = ("auroc", "auprc", "dice_best_possible", "dice_calibrated")
 # The defaults before this benchmark's levers, as overrides of today's configs.
 OLD_TRAINING = ("data.normalisation=percentiles",)
 OLD_SCORING = ("sampler.kind=ddim", "sampler.num_inference_steps=10", "anomaly.extra_t0=[]",
-               "anomaly.score=residual", "anomaly.combine=mean", "anomaly.centre=false")
+               "anomaly.score=residual", "anomaly.combine=mean", "anomaly.centre=false", "anomaly.scale=false")
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,13 @@ VARIANTS = (
                          "anomaly.extra_t0=[100,400]")),
     Variant("lever: median normalisation (retrained)", ("data.normalisation=median",), OLD_SCORING),
     Variant("lever: new default without centring", (), None, ("anomaly.centre=false",)),
+    Variant("lever: new default without scaling", (), None, ("anomaly.scale=false",)),
     Variant("lever: new default at 96 px, trained on 48 px patches (retrained)",
             ("data.image_size=96", "train.patch_size=48"), None),
-    Variant("lever: new default at t0 250 only (1 pass)", (), None, ("anomaly.extra_t0=[]",)),
+    Variant("lever: new default at its middle noise level only (1 pass)", (), None, ("anomaly.extra_t0=[]",)),
+    Variant("lever: noise levels t0 100, 250, 400 (the previous default)", (), None,
+            ("anomaly.t0=250", "anomaly.extra_t0=[100,400]")),
+    Variant("lever: noise levels t0 50, 150, 300", (), None, ("anomaly.t0=150", "anomaly.extra_t0=[50,300]")),
 )
 
 

@@ -108,11 +108,11 @@ def test_a_model_folder_saved_before_the_z_scored_map_keeps_its_map(tiny_model, 
     old = tmp_path / "old"
     shutil.copytree(tiny_model, old)
     raw = yaml.safe_load((old / "config.yaml").read_text())
-    for section, key in (("anomaly", "score"), ("anomaly", "combine"), ("anomaly", "centre"),
+    for section, key in (("anomaly", "score"), ("anomaly", "combine"), ("anomaly", "centre"), ("anomaly", "scale"),
                          ("data", "normalisation")):
         del raw[section][key]
     (old / "config.yaml").write_text(yaml.safe_dump(raw))
     config = load_model(old).config
-    assert (config.anomaly.score, config.anomaly.combine, config.anomaly.centre, config.data.normalisation) == (
-        "residual", "mean", False, "percentiles")
+    assert (config.anomaly.score, config.anomaly.combine, config.anomaly.centre, config.anomaly.scale,
+            config.data.normalisation) == ("residual", "mean", False, False, "percentiles")
     assert load_model(tiny_model).config.anomaly.score == "zscore"  # today's default, as trained

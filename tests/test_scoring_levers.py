@@ -119,11 +119,31 @@ def test_centring_removes_a_whole_scan_offset_and_keeps_the_lesion():
     flat = (edges[0] < 0.5) & (brain[0] > 0)
     flat[4:7, 4:7, 1:3] = False
     maps = {centre: anomaly_grid({"residual": scan, "reconstruction": recon}, brain, RunConfig(
-        anomaly=AnomalyConfig(score="zscore", centre=centre, median_size=1, brain_erosion=0)), stats)[0]
+        anomaly=AnomalyConfig(score="zscore", centre=centre, scale=False, median_size=1, brain_erosion=0)), stats)[0]
         for centre in (False, True)}
     assert float(maps[False][flat].median()) > 1.0  # the offset alone scores
     assert float(maps[True][flat].median()) < 0.6 * float(maps[False][flat].median())
     assert float(maps[True][4:7, 4:7, 1:3].min()) > 4 * float(maps[True][flat].median())
+
+
+def test_scaling_keeps_a_loosely_reconstructed_scan_at_the_calibration_level_and_its_lesion_above():
+    recon, residual = edge_phantom()
+    edges = edge_strength(recon, 2)
+    stats = ResidualStats.fit(residual.flatten(1).numpy(), recon.flatten(1).numpy(), edges.flatten(1).numpy())
+    noise = torch.from_numpy(np.random.default_rng(2).normal(size=recon.shape).astype(np.float32))
+    loose = noise * torch.where(edges > 0.5, 0.4, 0.04)  # another subject: every residual twice as large
+    loose[0, 4:7, 4:7, 1:3] += 0.3  # and a lesion in flat tissue
+    brain = torch.ones(1, 32, 32, 4)
+    healthy = torch.ones(32, 32, 4, dtype=torch.bool)
+    healthy[4:7, 4:7, 1:3] = False
+    maps = {scale: anomaly_grid({"residual": loose, "reconstruction": recon}, brain, RunConfig(
+        anomaly=AnomalyConfig(score="zscore", scale=scale, median_size=1, brain_erosion=0)), stats)[0]
+        for scale in (False, True)}
+    threshold = float(np.quantile(np.abs(np.random.default_rng(3).normal(size=100_000)), 0.99))  # 1 % of |N(0,1)|
+    flagged = {scale: float((m[healthy] > threshold).float().mean()) for scale, m in maps.items()}
+    assert flagged[False] > 0.1  # unscaled, a tenth of the healthy scan crosses a 1 % threshold
+    assert flagged[True] < 0.02
+    assert float(maps[True][4:7, 4:7, 1:3].median()) > 2 * threshold
 
 
 def test_calibration_fits_the_healthy_statistics_a_zscore_model_detects_with(tiny_model, tiny_cohort):

@@ -36,6 +36,7 @@ ADDED_KEYS = {
     "anomaly.score": "residual",
     "anomaly.combine": "mean",
     "anomaly.centre": False,
+    "anomaly.scale": False,
 }
 REMOVED_KEYS = {
     "data.healthy_only": "each method chooses its slices (healthy ones, or all for segdiff)",

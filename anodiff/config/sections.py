@@ -207,6 +207,10 @@ class AnomalyConfig:
     # zscore: subtract each scan's median signed z-score in the brain, per modality, so that a whole-scan offset
     # from the calibration scans (its intensity scaling, a large lesion moving the normalisation) is not scored.
     centre: bool = True
+    # zscore: divide each scan's z-scores, per modality, by their robust spread over its brain (1.4826 x the median
+    # absolute deviation), so that a scan reconstructed more loosely than the calibration scans (another subject,
+    # scanner or noise level) is not flagged wholesale. Lesions fill a minority of the brain and barely move it.
+    scale: bool = True
     median_size: int = 3  # median filter on the map, in voxels of the network grid; 0 or 1: off
     brain_erosion: int = 1  # voxels eroded from the brain mask before scoring
     fpr: float = 0.01  # healthy false-positive rate that fixes the calibrated threshold

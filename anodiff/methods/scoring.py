@@ -8,8 +8,9 @@ The recipe (Pinaya et al. 2022; Wyatt et al. 2022, AnoDDPM):
    (noise to ``t0``, denoise back), then decode;
 3. the map is each modality's residual, as it is (``anomaly.score: residual``) or
    standardised by healthy residuals like it (``zscore``, :mod:`anodiff.inference.standardise`;
-   with ``anomaly.centre``, less the scan's median z per modality), combined over modalities
-   (mean or max), median-filtered, restricted to the (eroded) brain;
+   with ``anomaly.centre``, less the scan's median z per modality, and with ``anomaly.scale``, over
+   the scan's robust spread of z per modality), combined over modalities (mean or max),
+   median-filtered, restricted to the (eroded) brain;
 4. the map goes back to the input's own grid, where it is thresholded (calibrated
    on healthy held-out data, or given) and components below a minimum volume are removed.
 
@@ -34,6 +35,8 @@ from anodiff.inference.prediction import Prediction, Timings
 from anodiff.inference.standardise import ResidualStats, combine, edge_strength
 from anodiff.inference.volume import brain_slices, map_slices, map_volume
 from anodiff.progress import Progress
+
+MAD_TO_SD = 1.4826  # a normal distribution's standard deviation per unit of median absolute deviation
 
 
 def reconstruct_slices(
@@ -107,6 +110,8 @@ def anomaly_grid(grid: dict[str, torch.Tensor], brain_grid: torch.Tensor, config
         z = stats.zscores(grid["residual"], grid["reconstruction"], edges)
         if cfg.centre:
             z = z - scan_offset(z, brain_grid)
+        if cfg.scale:
+            z = z / scan_spread(z, brain_grid)
         # Zero outside the brain, where no healthy statistic holds, before the median filter reaches the edge.
         per_modality = z.abs() * (brain_grid > 0)
     else:
@@ -123,6 +128,20 @@ def scan_offset(z: torch.Tensor, brain_grid: torch.Tensor) -> torch.Tensor:
     inside = brain_grid[0] > 0
     offset = z[:, inside].median(dim=1).values if bool(inside.any()) else z.new_zeros(z.shape[0])
     return offset.view(-1, *[1] * (z.ndim - 1))
+
+
+def scan_spread(z: torch.Tensor, brain_grid: torch.Tensor) -> torch.Tensor:
+    """Per modality, the robust standard deviation (1.4826 x median absolute deviation) of the signed z-scores
+    (C, *S) over the brain (1, *S): (C, 1, ..., 1).
+
+    About 1 on scans like the calibration ones; larger where the whole scan is reconstructed more loosely. A
+    lesion is a minority of the brain, so it barely moves it (a median, like :func:`scan_offset`)."""
+    inside = brain_grid[0] > 0
+    if not bool(inside.any()):
+        return z.new_ones((z.shape[0],) + (1,) * (z.ndim - 1))
+    values = z[:, inside]
+    deviation = (values - values.median(dim=1, keepdim=True).values).abs().median(dim=1).values
+    return (MAD_TO_SD * deviation).clamp_min(1e-3).view(-1, *[1] * (z.ndim - 1))
 
 
 def num_slices_run(prepared: PreparedCase, config: RunConfig) -> int:
