@@ -196,11 +196,11 @@ def detect_speed(anodiff: str, out: Path, case: Path, device: str) -> dict:
     peak, _ = peak_gflops()
     network, x, t = slices(recipe, 4, 1)
     gflop = flops_per_slice(network, x, t) / 1e9
+    [found] = discover(case.parent).cases
     rows = {}
     for label, overrides in settings.items():
         model = untrained_model(out, f"brats-cpu-recipe-{len(rows)}", recipe, case, overrides, device)
         config = load_config(model / "config.yaml")
-        [found] = discover(case.parent).cases
         passes = passes_per_input(config) * num_slices_run(prepare(found, tuple(sorted(found.images)), config.data),
                                                            config)
         command = run(anodiff, "-q", "detect", str(case), "--model", str(model), "--out",

@@ -125,9 +125,9 @@ def scan_offset(z: torch.Tensor, brain_grid: torch.Tensor) -> torch.Tensor:
 
     Lesions fill a minority of the brain, so the median is the healthy tissue's offset from the calibration
     scans (0 on scans like them)."""
-    inside = brain_grid[0] > 0
-    offset = z[:, inside].median(dim=1).values if bool(inside.any()) else z.new_zeros(z.shape[0])
-    return offset.view(-1, *[1] * (z.ndim - 1))
+    values = z[:, brain_grid[0] > 0]
+    offset = values.median(dim=1).values if values.shape[1] else z.new_zeros(z.shape[0])
+    return per_modality_view(offset, z.ndim)
 
 
 def scan_spread(z: torch.Tensor, brain_grid: torch.Tensor) -> torch.Tensor:
@@ -136,12 +136,16 @@ def scan_spread(z: torch.Tensor, brain_grid: torch.Tensor) -> torch.Tensor:
 
     About 1 on scans like the calibration ones; larger where the whole scan is reconstructed more loosely. A
     lesion is a minority of the brain, so it barely moves it (a median, like :func:`scan_offset`)."""
-    inside = brain_grid[0] > 0
-    if not bool(inside.any()):
-        return z.new_ones((z.shape[0],) + (1,) * (z.ndim - 1))
-    values = z[:, inside]
+    values = z[:, brain_grid[0] > 0]
+    if not values.shape[1]:
+        return per_modality_view(z.new_ones(z.shape[0]), z.ndim)
     deviation = (values - values.median(dim=1, keepdim=True).values).abs().median(dim=1).values
-    return (MAD_TO_SD * deviation).clamp_min(1e-3).view(-1, *[1] * (z.ndim - 1))
+    return per_modality_view((MAD_TO_SD * deviation).clamp_min(1e-3), z.ndim)
+
+
+def per_modality_view(values: torch.Tensor, ndim: int) -> torch.Tensor:
+    """(C,) -> (C, 1, ..., 1), broadcastable against a (C, *S) map of ``ndim`` dimensions."""
+    return values.view(-1, *[1] * (ndim - 1))
 
 
 def num_slices_run(prepared: PreparedCase, config: RunConfig) -> int:
