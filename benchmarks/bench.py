@@ -161,7 +161,7 @@ def untrained_model(out: Path, name: str, config_path: Path, case_dir: Path, ove
     from anodiff.config import config_to_dict, load_config
     from anodiff.data.cases import discover
     from anodiff.distributed import pick_device
-    from anodiff.methods.anomaly import calibrate
+    from anodiff.methods.calibration import calibrate
     from anodiff.modelfolder import TrainedModel, save_model
     from anodiff.models import build_network
 

@@ -176,6 +176,9 @@ class TrainConfig:
     sample_every: int = 1000  # PNG grid of reconstructions; 0 turns it off
     log_every: int = 50
     val_fraction: float = 0.2  # healthy cases held out for threshold calibration
+    # "cases": val_fraction of the cases calibrate and do not train; "slabs" (2D pixel space, for data sets
+    # of a few cases): every case trains and lends an axial slab (about val_fraction of it) to calibration.
+    holdout: Literal["cases", "slabs"] = "cases"
     seed: int = 0
     # 2D pixel-space denoiser: train on random square patches of this size, centred on the brain, and score
     # whole slices (the network is convolutional), so a finer image_size costs no more per training step.

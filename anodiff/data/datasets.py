@@ -24,6 +24,7 @@ from monai.data import CacheDataset, Dataset, PersistentDataset
 
 from anodiff.config import DataConfig
 from anodiff.data.cases import Case
+from anodiff.data.slabs import Slab, axial_positions, in_slab
 from anodiff.data.slicestore import DiskSlices
 from anodiff.data.transforms import BRAIN, IMAGE, LABEL, anodiff_errors, case_item, preprocessing
 from anodiff.progress import Progress
@@ -64,12 +65,14 @@ class SliceRef:
     z: int
 
 
-def select_slices(volume: dict[str, Any], cfg: DataConfig, *, healthy_only: bool) -> list[int]:
+def select_slices(volume: dict[str, Any], cfg: DataConfig, *, healthy_only: bool,
+                  drop: Slab | None = None) -> list[int]:
     """Axial indices z of one preprocessed volume that a 2D data set keeps.
 
     A slice is kept when its brain area is at least ``cfg.min_brain_fraction`` of
-    the slice, it lies within ``cfg.slice_range`` of the brain's axial extent and,
-    with ``healthy_only``, it has no label voxel.
+    the slice, it lies within ``cfg.slice_range`` of the brain's axial extent,
+    outside the ``drop`` slab (:mod:`anodiff.data.slabs`) and, with ``healthy_only``,
+    it has no label voxel.
     """
     brain = volume[BRAIN][0] > 0  # (X, Y, Z)
     area = brain.sum(dim=(0, 1)).float() / (brain.shape[0] * brain.shape[1])
@@ -85,6 +88,8 @@ def select_slices(volume: dict[str, Any], cfg: DataConfig, *, healthy_only: bool
     keep &= area >= cfg.min_brain_fraction
     if healthy_only and LABEL in volume:
         keep &= (volume[LABEL][0] > 0).sum(dim=(0, 1)) == 0
+    if drop is not None:
+        keep &= ~torch.from_numpy(in_slab(axial_positions(brain.numpy(), 2), drop))
     return torch.nonzero(keep).flatten().tolist()
 
 
@@ -94,7 +99,7 @@ class SliceDataset(torch.utils.data.Dataset):
     Item: ``image`` (C, H, W) float32 in [0, 1], ``brain`` (1, H, W) in {0, 1},
     ``label`` (1, H, W) in {0, 1} (whole lesion; zeros for unlabelled cases), or
     with ``regions`` (R, H, W), one channel per region (the label values it holds),
-    ``case_id`` and ``z``.
+    ``case_id`` and ``z``. ``drop``: per case id, an axial slab whose slices are left out.
     """
 
     def __init__(
@@ -105,6 +110,7 @@ class SliceDataset(torch.utils.data.Dataset):
         *,
         healthy_only: bool,
         regions: tuple[tuple[int, ...], ...] | None = None,
+        drop: dict[str, Slab] | None = None,
         progress: Progress | None = None,
     ) -> None:
         self.cases = list(cases)
@@ -124,7 +130,8 @@ class SliceDataset(torch.utils.data.Dataset):
             with anodiff_errors():
                 item = cached[index]
             volume = {k: torch.as_tensor(v).float() for k, v in item.items() if k in (IMAGE, BRAIN, LABEL)}
-            zs = select_slices(volume, cfg, healthy_only=self.healthy_only)
+            zs = select_slices(volume, cfg, healthy_only=self.healthy_only,
+                               drop=(drop or {}).get(self.cases[index].id))
             if LABEL in volume:
                 lesion = (volume[LABEL][0] > 0).any(dim=(0, 1))
                 self._lesion += [len(self.refs) + i for i, z in enumerate(zs) if lesion[z]]

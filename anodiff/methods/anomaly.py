@@ -1,9 +1,10 @@
 """Unsupervised detection, shared by ddpm and ldm: train a denoiser on healthy data, calibrate, predict.
 
-Training discovers the cases, splits them by case (train / calibration), trains
-the denoiser on healthy inputs (axial slices without a label voxel, or 3D
-lesion-free volumes) in the model's diffusion space, then calibrates the
-threshold on the held-out healthy cases, for anodiff and for the intensity
+Training discovers the cases, splits them by case (train / calibration) or, with
+``train.holdout: slabs``, holds out an axial slab of every case, trains the
+denoiser on healthy inputs (axial slices without a label voxel, or 3D lesion-free
+volumes) in the model's diffusion space, then calibrates the threshold on what was
+held out (:mod:`anodiff.methods.calibration`), for anodiff and for the intensity
 baseline alike. Prediction is :func:`anodiff.methods.scoring.detect`. What an
 LDM adds (its autoencoder, its latent space) is :mod:`anodiff.methods.ldm`.
 """
@@ -15,29 +16,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
-from scipy import ndimage
 
 from anodiff import distributed
-from anodiff.config import RunConfig, config_to_dict, with_overrides
+from anodiff.config import RunConfig, TrainConfig, config_to_dict, with_overrides
 from anodiff.data.cases import Case, discover, select_modalities
 from anodiff.data.datasets import SliceDataset, VolumeDataset, brain_patches
+from anodiff.data.slabs import Slab, guarded, held_out_slabs
 from anodiff.diffusion.sampler import build_scheduler
 from anodiff.diffusion.spaces import PixelSpace, Space, to_model_range
 from anodiff.errors import ConfigError, DataError
-from anodiff.evaluation.baseline import baseline_modality, baseline_score
-from anodiff.evaluation.floor import floor_figures, floor_samples, ssim_map, tissue_zones, zone_modality
-from anodiff.evaluation.metrics import calibrate_threshold
 from anodiff.evaluation.report import Report
-from anodiff.figures import BLUE, RED, focus_slice, ras_view, save_grid, save_overlay
-from anodiff.inference.cases import PreparedCase, prepare
+from anodiff.figures import save_grid
 from anodiff.inference.prediction import Prediction
-from anodiff.inference.standardise import ResidualStats, edge_strength
-from anodiff.io import read_volume
+from anodiff.inference.standardise import ResidualStats
 from anodiff.methods.base import Method, check_image_size, checkpoint_identity, preview_inputs, seeded
-from anodiff.methods.scoring import detect, finish, reconstruct_volume, score_slices
+from anodiff.methods.calibration import calibrate
+from anodiff.methods.scoring import detect, score_slices
 from anodiff.modelfolder import WEIGHTS, TrainedModel, begin, save_model
 from anodiff.models import build_network, count_parameters
 from anodiff.prepare import preparation_record
@@ -47,9 +43,6 @@ from anodiff.training.objectives import DenoisingObjective
 from anodiff.weights import load_weights
 
 log = logging.getLogger(__name__)
-
-STATS_CASES = 8  # calibration cases the healthy residual statistics are fitted on (their grids are kept in memory)
-
 
 class AnomalyMethod(Method):
     """A denoiser trained on healthy data; the residual of its reconstruction is the anomaly map."""
@@ -67,8 +60,11 @@ class AnomalyMethod(Method):
         if config.scheduler.noise == "simplex" and config.model.spatial_dims == 3:
             raise ConfigError("scheduler.noise: simplex is for 2D pixel-space DDPMs; use gaussian or coarse")
         patch = config.train.patch_size
-        if patch is not None and (config.model.spatial_dims != 2 or self.downsampling(config) != 1):
+        pixel_2d = config.model.spatial_dims == 2 and self.downsampling(config) == 1
+        if patch is not None and not pixel_2d:
             raise ConfigError("train.patch_size is for 2D pixel-space DDPMs (kind: ddpm, model.spatial_dims: 2)")
+        if config.train.holdout == "slabs" and not pixel_2d:
+            raise ConfigError("train.holdout: slabs is for 2D pixel-space DDPMs (kind: ddpm, model.spatial_dims: 2)")
         if patch is not None and (patch > config.data.image_size or patch % factor):
             raise ConfigError(f"train.patch_size ({patch}) must be at most data.image_size "
                               f"({config.data.image_size}) and a multiple of {factor}")
@@ -89,15 +85,18 @@ class AnomalyMethod(Method):
         if not found.cases:
             raise DataError(f"{data}: no cases found")
         modalities = select_modalities(found.cases, config.data.modalities)
-        train_cases, val_cases = split_cases(found.cases, config.train.val_fraction, config.train.seed)
+        train_cases, val_cases, slabs = calibration_split(found.cases, config.train)
         # Under torchrun each rank preprocesses and trains on its own cases: disjoint samples.
         rank_cases = distributed.partition(train_cases, config.train.seed)
-        train_set = healthy_dataset(rank_cases, modalities, config)
-        log.info("training on %d healthy %s of %d cases; %d cases held out for calibration", len(train_set),
-                 "slices" if config.model.spatial_dims == 2 else "volumes", len(rank_cases), len(val_cases))
+        train_set = healthy_dataset(rank_cases, modalities, config,
+                                    drop={case_id: guarded(slab) for case_id, slab in slabs.items()})
+        log.info("training on %d healthy %s of %d cases; calibrating on %d %s", len(train_set),
+                 "slices" if config.model.spatial_dims == 2 else "volumes", len(rank_cases), len(val_cases),
+                 "held-out cases" if not slabs else "cases' held-out axial slabs")
         begin(out)
         meta = training_meta(self.kind, data, found.layouts, modalities, config, train_cases, val_cases, rank_cases,
                              len(train_set))
+        meta["training_data"]["calibration_slabs"] = {case_id: list(slab) for case_id, slab in slabs.items()}
         space, latents = self.diffusion_space(train_set, val_cases, modalities, config, out, meta, device=device,
                                               resume=resume, progress=progress)
         network, result = self.train_denoiser(train_set, latents, space, modalities, config, out, device=device,
@@ -106,7 +105,7 @@ class AnomalyMethod(Method):
         if not distributed.is_main():
             return
         model = TrainedModel(config=config, network=network.eval(), meta=meta, folder=out, space=space)
-        meta |= calibrate(model, val_cases, progress=progress, figure=out / "healthy_floor.png")
+        meta |= calibrate(model, val_cases, slabs=slabs, progress=progress, figure=out / "healthy_floor.png")
         save_model(out, config, network, meta)
 
     def train_denoiser(self, train_set, latents: torch.Tensor | None, space: Space, modalities: tuple[str, ...],
@@ -196,6 +195,14 @@ def residual_stats(model: TrainedModel) -> ResidualStats | None:
     return ResidualStats.from_dict(raw) if raw else None
 
 
+def calibration_split(cases: list[Case], train: TrainConfig) -> tuple[list[Case], list[Case], dict[str, Slab]]:
+    """(training cases, calibration cases, calibration slabs by case id): a split by case (``train.holdout:
+    cases``, no slabs), or every case on both sides, each lending a slab (``slabs``, :mod:`anodiff.data.slabs`)."""
+    if train.holdout == "cases":
+        return *split_cases(cases, train.val_fraction, train.seed), {}
+    return cases, cases, held_out_slabs([c.id for c in cases], train.val_fraction)
+
+
 def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
     """Train/validation split by case (seeded); at least one case on each side."""
     if len(cases) < 2:
@@ -207,13 +214,14 @@ def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list
 
 
 def healthy_dataset(cases: list[Case], modalities: tuple[str, ...], config: RunConfig, *,
-                    allow_empty: bool = False) -> SliceDataset | VolumeDataset:
-    """Healthy training inputs: axial slices without a label voxel (2D), or lesion-free volumes (3D)."""
+                    allow_empty: bool = False, drop: dict[str, Slab] | None = None) -> SliceDataset | VolumeDataset:
+    """Healthy training inputs: axial slices without a label voxel (2D; none from a case's ``drop`` slab), or
+    lesion-free volumes (3D)."""
     if config.model.spatial_dims == 3:
         dataset = VolumeDataset(cases, modalities, config.data, healthy_only=True)
         what = "lesion-free volumes (3D models train on healthy scans, e.g. IXI)"
     else:
-        dataset = SliceDataset(cases, modalities, config.data, healthy_only=True)
+        dataset = SliceDataset(cases, modalities, config.data, healthy_only=True, drop=drop)
         what = "healthy slices (every slice holds a label voxel)"
     if len(dataset) == 0 and not allow_empty:
         raise DataError(f"no {what} among {len(cases)} training case(s)")
@@ -239,82 +247,6 @@ def training_meta(kind: str, data: Path, layouts, modalities: tuple[str, ...], c
     }
 
 
-def calibrate(model: TrainedModel, healthy_cases: list[Case], *, seed: int = 0, progress: Progress | None = None,
-              figure: Path | None = None) -> dict:
-    """Thresholds at the configured healthy false-positive rate, for anodiff and the intensity baseline; the
-    healthy residual statistics a ``zscore`` map needs (fitted first, on up to :data:`STATS_CASES` cases); and
-    the healthy floor (:mod:`anodiff.evaluation.floor`; a PNG of the first case to ``figure``).
-
-    Voxels used: brain voxels of the axial slices without any label voxel (the
-    same healthy definition as training), on the input grid, as detection sees them.
-    """
-    config = model.config
-    kept = {}
-    stats = None
-    if config.anomaly.score == "zscore":
-        samples = []
-        for index, case in enumerate(healthy_cases[:STATS_CASES]):
-            kept[index] = reconstructed(model, case, seed)
-            samples.append(healthy_samples(*kept[index], config.model.spatial_dims, seed))
-            if progress is not None:
-                progress(index + 1, len(healthy_cases), f"calibrating {case.id}")
-        stats = ResidualStats.fit(*(np.concatenate(parts, axis=1) for parts in zip(*samples)))
-    model_scores, baseline_scores, floors = [], [], []
-    modality = zone_modality(model.modalities)
-    fitted_on = len(kept)
-    for index, case in enumerate(healthy_cases):
-        prepared, grid = kept.pop(index) if index in kept else reconstructed(model, case, seed)
-        result = finish(prepared, grid, config, stats, threshold=np.inf, detail=True)
-        healthy = result.brain & healthy_slices(case, result.brain.shape)
-        model_scores.append(result.maps["score"][healthy])
-        image = baseline_image(case, model.modalities, result)
-        baseline_scores.append(baseline_score(image, result.brain)[healthy])
-        zones = tissue_zones(result.maps["normalised"][model.modalities.index(modality)], result.brain,
-                             result.reference.spacing_mm, modality)
-        floors.append(floor_samples(result.maps["residual"], ssim_map(result.maps["normalised"],
-                                                                      result.maps["reconstruction"]), zones, healthy))
-        if figure is not None and index == 0:
-            save_floor_figure(figure, result, zones, healthy)
-        if progress is not None and index >= fitted_on:  # the first ones were counted as they were fitted on
-            progress(index + 1, len(healthy_cases), f"calibrating {case.id}")
-    fpr = config.anomaly.fpr
-    return {
-        "threshold": calibrate_threshold(model_scores, fpr),
-        "baseline_threshold": calibrate_threshold(baseline_scores, fpr),
-        "calibration": {"fpr": fpr, "cases": [c.id for c in healthy_cases],
-                        "voxels": int(sum(s.size for s in model_scores))},
-        "residual_stats": stats.to_dict() if stats is not None else None,
-        "healthy_floor": {"zones_from": modality, "zones": floor_figures(floors)},
-    }
-
-
-def reconstructed(model: TrainedModel, case: Case, seed: int) -> tuple[PreparedCase, dict[str, torch.Tensor]]:
-    """A calibration case prepared (with its label on the network grid) and reconstructed."""
-    prepared = prepare(case, model.modalities, model.config.data, model.config.model.spatial_dims, with_label=True)
-    grid = reconstruct_volume(model.network, prepared, model.config, space=model.space,
-                              generator=torch.Generator().manual_seed(seed))
-    return prepared, grid
-
-
-def healthy_samples(prepared: PreparedCase, grid: dict[str, torch.Tensor], spatial_dims: int, seed: int,
-                    limit: int = 200_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Residual, reconstruction and edge strength (C, N) of up to ``limit`` healthy brain voxels of one case on
-    the network grid: brain slices with no label voxel on them or next to them (a 3D model: a lesion-free volume)."""
-    inside = prepared.brain_grid[0].numpy() > 0
-    label = prepared.label_grid
-    if label is not None and (label > 0).any():
-        if spatial_dims == 3:
-            return tuple(np.zeros((grid["residual"].shape[0], 0), np.float32) for _ in range(3))
-        lesion_on = ndimage.binary_dilation((label[0] > 0).flatten(0, 1).any(0).numpy(), iterations=1)
-        inside &= ~lesion_on[None, None, :]
-    where = np.flatnonzero(inside)
-    if where.size > limit:
-        where = np.sort(np.random.default_rng(seed).choice(where, limit, replace=False))
-    edges = edge_strength(grid["reconstruction"], spatial_dims)
-    flat = lambda values: values.flatten(1).numpy()[:, where]  # noqa: E731
-    return flat(grid["residual"]), flat(grid["reconstruction"]), flat(edges)
-
-
 def with_anomaly_settings(model: TrainedModel, overrides: list[str], *, progress: Progress | None = None
                           ) -> TrainedModel:
     """The model with ``anomaly.*`` / ``sampler.*`` overrides; thresholds recalibrated on its calibration cases.
@@ -334,40 +266,6 @@ def with_anomaly_settings(model: TrainedModel, overrides: list[str], *, progress
     if not cases:
         raise DataError(f"{model.folder}: calibration cases not found under {source.get('root')!r}; "
                         "cannot recalibrate for new anomaly settings")
+    slabs = {case_id: tuple(slab) for case_id, slab in source.get("calibration_slabs", {}).items()}
     log.info("recalibrating for %s on %d healthy case(s)", " ".join(overrides), len(cases))
-    return replace(changed, meta={**model.meta, **calibrate(changed, cases, progress=progress)})
-
-
-def healthy_slices(case: Case, shape) -> np.ndarray:
-    """Bool (X, Y, Z): True on the axial (RAS z) slices with no label voxel; all True without a label."""
-    if case.label is None:
-        return np.ones(shape, bool)
-    label = read_volume(case.label, allow_constant=True)
-    ornt = nib.orientations.io_orientation(label.affine)
-    axis = int(np.argmax(np.abs(ornt[:, 0]) == 2))  # the voxel axis running along world z
-    lesion_on = (label.data > 0).any(axis=tuple(a for a in range(3) if a != axis))
-    view = [1, 1, 1]
-    view[axis] = -1
-    return np.broadcast_to((~lesion_on).reshape(view), shape)
-
-
-def baseline_image(case: Case, modalities: tuple[str, ...], result: Prediction) -> np.ndarray:
-    """The baseline's image (X, Y, Z); reuses what detection already read when it is the same file."""
-    name = baseline_modality(list(case.images), modalities)
-    return result.reference.data if name == modalities[0] else read_volume(case.images[name]).data
-
-
-def save_floor_figure(path: Path, result: Prediction, zones: dict[str, np.ndarray], healthy: np.ndarray) -> None:
-    """PNG of the healthy axial slice with most brain: normalised input, reconstruction, score, the zones (grey
-    levels: edge, white matter, cortex, ventricle rim from dark to bright), and the rim (red) and edge (blue)."""
-    ras = ras_view(result.reference.affine)
-    z = focus_slice(ras(healthy & result.brain))
-    base = ras(result.maps["normalised"][0])[..., z]
-    recon = ras(result.maps["reconstruction"][0] * result.brain)[..., z]
-    score = ras(result.maps["score"])
-    top = float(np.percentile(score[score > 0], 99.9)) if (score > 0).any() else 1.0
-    levels = np.zeros_like(base)
-    for value, name in ((0.25, "brain_edge"), (0.5, "white_matter"), (0.75, "cortex"), (1.0, "ventricle_rim")):
-        levels[ras(zones[name])[..., z]] = value
-    save_overlay(path, base, [recon, np.clip(score[..., z] / max(top, 1e-6), 0, 1), levels],
-                 [(ras(zones["ventricle_rim"])[..., z], RED), (ras(zones["brain_edge"])[..., z], BLUE)])
+    return replace(changed, meta={**model.meta, **calibrate(changed, cases, slabs=slabs, progress=progress)})

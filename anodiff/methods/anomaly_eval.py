@@ -22,8 +22,8 @@ from anodiff.figures import BLUE, GREEN, RED, case_views, ras_spacing, ras_view,
 from anodiff.inference.cases import labelled_cases
 from anodiff.inference.prediction import Prediction
 from anodiff.io import read_volume
-from anodiff.methods.anomaly import baseline_image
 from anodiff.methods.base import Method, peak_gpu_memory_mb
+from anodiff.methods.calibration import baseline_image
 from anodiff.modelfolder import TrainedModel
 from anodiff.progress import Progress
 
