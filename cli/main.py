@@ -307,7 +307,8 @@ def evaluate(
     samples: Annotated[int | None, typer.Option(
         help="segdiff: masks drawn and fused (default: the model's segmentation.samples).", min=1)] = None,
     overrides: Annotated[list[str] | None, typer.Argument(
-        help="anomaly.* or sampler.* settings to try (e.g. anomaly.t0=400); the threshold is recalibrated.")]
+        help="anomaly.* or sampler.* settings to try (e.g. anomaly.t0=400); the threshold is recalibrated. "
+             "segdiff: sampler.* only.")]
     = None,
 ) -> None:
     """Dice (three named thresholds), AUROC and AUPRC beside a FLAIR intensity-threshold baseline.

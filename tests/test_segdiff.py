@@ -158,6 +158,18 @@ def test_train_detect_evaluate(segdiff_model, tiny_cohort, tmp_path):
     assert (report_dir / "figures" / "dice_by_samples.png").is_file()
 
 
+def test_evaluate_draws_masks_with_the_sampler_settings_it_is_given(segdiff_model, tiny_cohort, tmp_path):
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(segdiff_model), "--data", str(tiny_cohort),
+                                      "--out", str(tmp_path / "r"), "--samples", "1", "sampler.kind=ddim_t0",
+                                      "sampler.num_inference_steps=1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["network_evals_per_slice_and_sample"] == 1 and report["sampler"]["kind"] == "ddim_t0"
+    refused = CliRunner().invoke(app, ["evaluate", "--model", str(segdiff_model), "--data", str(tiny_cohort),
+                                       "--out", str(tmp_path / "r2"), "anomaly.t0=50"])
+    assert refused.exit_code == 2 and "sampler.* settings" in refused.output
+
+
 def test_detect_options_follow_the_model_kind(segdiff_model, tiny_model, tiny_cohort, tmp_path):
     case = str(tiny_cohort / "synth_000_0000")
     result = CliRunner().invoke(app, ["detect", case, "--model", str(tiny_model), "--out", str(tmp_path / "m.nii.gz"),

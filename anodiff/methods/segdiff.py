@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from anodiff import distributed
-from anodiff.config import RunConfig, config_to_dict, region_labels
+from anodiff.config import RunConfig, config_to_dict, region_labels, with_overrides
 from anodiff.data.cases import Case, discover, select_modalities
 from anodiff.data.datasets import SliceDataset
 from anodiff.data.transforms import IMAGE, LABEL
@@ -113,8 +114,12 @@ class SegDiff(Method):
                  progress: Progress | None = None) -> Report:
         from anodiff.methods.segdiff_eval import evaluate_segdiff
 
-        if overrides:
-            raise ConfigError("anomaly.* settings are for the unsupervised models; a segdiff model takes --samples")
+        bad = [o for o in overrides or [] if not o.strip().startswith("sampler.")]
+        if bad:
+            raise ConfigError(f"a segdiff model takes sampler.* settings and --samples, not {bad[0]!r} (anomaly.* "
+                              "settings are for the unsupervised models)")
+        if overrides:  # how masks are drawn; nothing was calibrated on it
+            model = replace(model, config=with_overrides(model.config, overrides))
         return evaluate_segdiff(self, model, data, samples=samples, seed=seed, overlays=overlays, progress=progress)
 
 

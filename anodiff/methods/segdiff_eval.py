@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from anodiff.config import config_to_dict, region_labels
+from anodiff.diffusion.sampler import num_network_evals
 from anodiff.evaluation.metrics import dice, nanmean
 from anodiff.evaluation.report import Report
 from anodiff.evaluation.segmentation import (
@@ -121,7 +122,9 @@ def report_figures(model: TrainedModel, data: Path, rows: list[dict], curves: li
     return {
         "model": str(model.folder), "data": str(data), "kind": "segdiff", "num_cases": len(rows),
         "num_lesion_cases": len(lesion_rows), "samples": samples,
-        "network_evals_per_slice_and_sample": model.config.sampler.num_inference_steps, "fusion": cfg.fusion,
+        "network_evals_per_slice_and_sample": num_network_evals(model.config.scheduler, model.config.sampler,
+                                                                model.config.scheduler.num_train_timesteps - 1),
+        "sampler": config_to_dict(model.config.sampler), "fusion": cfg.fusion,
         "uncertainty": cfg.uncertainty, "threshold": cfg.threshold, "regions": list(cfg.regions),
         "peak_gpu_memory_mb": peak_gpu_memory_mb(), "methods": methods, "versions": model.meta.get("versions"),
         "settings": config_to_dict(model.config),
