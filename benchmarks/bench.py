@@ -59,15 +59,22 @@ FEW_PASSES = {  # the frontier below DDIM-5: one-step x0 estimates, in the bench
 BEFORE = ("sampler.kind=ddim", "sampler.num_inference_steps=10", "anomaly.t0=250", "anomaly.extra_t0=[]")
 
 
+# Started by a small Python process, which reports the command's own peak resident memory (wait4): a child
+# started straight from this process would count this process's memory too (Linux takes the peak of the memory
+# a child execs from, and this process holds cohorts and models).
+PEAK_OF = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
+           "_, status, usage = os.wait4(p.pid, 0); print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)")
+
+
 def run(*command: str) -> dict:
-    """Run a command; returns its wall time and peak resident memory (this child only, via wait4)."""
+    """Run a command; returns its wall time and peak resident memory (the command alone)."""
     print(f"$ {shlex.join(command)}", flush=True)
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    status, peak_kb = subprocess.run([sys.executable, "-c", PEAK_OF, *command], stdout=subprocess.PIPE, text=True,
+                                     check=True).stdout.split()
+    if int(status) != 0:
         raise SystemExit(f"failed: {shlex.join(command)}")
-    return {"seconds": time.perf_counter() - start, "peak_rss_mb": usage.ru_maxrss / 1024}
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": int(peak_kb) / 1024}
 
 
 def cohorts(anodiff: str, out: Path) -> None:

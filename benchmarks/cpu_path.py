@@ -7,11 +7,13 @@ pass over one slice (``torch.utils.flop_counter``), then times a batch of slices
 eager fp32 (what detect runs, in ``torch.inference_mode``, attention through
 ``scaled_dot_product_attention``), the same with the attention matrix materialised (MONAI's
 default, what anodiff ran before), channels-last, bf16
-autocast, one thread, a larger batch, and ``torch.compile``. The peak is cores x clock x
+autocast, one thread, a larger batch, ``torch.compile``, and the graph exported to ONNX and
+run by ONNX Runtime (where ``onnxruntime`` and ``onnxscript`` are installed; not anodiff's
+dependencies), its output checked against eager's. The peak is cores x clock x
 32 FP32 FLOP per cycle (two 256-bit FMA units: AVX2 + FMA), read from /proc/cpuinfo.
 Prints one table; writes ``<out>/cpu_path.md``.
 
-    python benchmarks/cpu_path.py --out bench-output
+    python benchmarks/cpu_path.py --out bench-output [--recipes brats_cpu.yaml]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -48,6 +51,9 @@ def slices(config_path: Path, channels: int, batch: int, *, flash_attention: boo
            ) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     config = load_config(config_path)
     network = build_network(config.model, in_channels=channels, flash_attention=flash_attention).eval()
+    with torch.no_grad():  # MONAI zero-initialises the last convolution: weights, so that outputs can be compared
+        for parameter in network.out.parameters():
+            parameter.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
     size = config.data.image_size
     return network, torch.rand(batch, channels, size, size), torch.full((batch,), 250, dtype=torch.long)
 
@@ -67,7 +73,29 @@ def seconds_per_slice(network, x, t, *, repeats: int = 3, bf16: bool = False) ->
     return (time.perf_counter() - start) / repeats / len(x)
 
 
-def variants(config_path: Path, channels: int, batch: int):
+def onnxruntime_seconds(network, x, t, folder: Path, *, repeats: int = 3) -> tuple[str, float]:
+    """(name, seconds per slice) of the pass exported to ONNX and run by ONNX Runtime, threads as torch's."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return "ONNX Runtime (not installed)", float("nan")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "network.onnx"
+    torch.onnx.export(network, (x, t), path, input_names=["x", "t"], output_names=["y"], dynamo=True)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"x": x.numpy(), "t": t.numpy()}
+    with torch.inference_mode():
+        gap = float(np.abs(session.run(None, feed)[0] - network(x, t).numpy()).max())
+    start = time.perf_counter()
+    for _ in range(repeats):
+        session.run(None, feed)
+    return (f"ONNX Runtime {onnxruntime.__version__} (max |difference| {gap:.1e})",
+            (time.perf_counter() - start) / repeats / len(x))
+
+
+def variants(config_path: Path, channels: int, batch: int, out: Path):
     """(name, seconds per slice) of each way of running the same pass."""
     network, x, t = slices(config_path, channels, batch)
     yield "eager fp32 (detect today)", seconds_per_slice(network, x, t)
@@ -89,21 +117,26 @@ def variants(config_path: Path, channels: int, batch: int):
         yield "torch.compile", seconds_per_slice(compiled, x, t)
     except Exception as err:  # no compiler on this machine: say so, measure the rest
         yield f"torch.compile (failed: {type(err).__name__})", float("nan")
+    yield onnxruntime_seconds(network, x, t, out / "onnx" / config_path.stem)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench-output"))
     parser.add_argument("--slices-per-volume", type=int, default=155)
+    parser.add_argument("--recipes", nargs="+", default=[p.name for p, _, _ in RECIPES.values()],
+                        help="config file names among the recipes measured")
     args = parser.parse_args()
     peak, how = peak_gflops()
     lines = [f"Peak: {peak:.0f} GFLOP/s ({how}); torch {torch.__version__}, {torch.get_num_threads()} threads", "",
              "| recipe | variant | GFLOP per slice | ms per slice | GFLOP/s | share of peak | s per pass over "
              f"{args.slices_per_volume} slices |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, (path, channels, batch) in RECIPES.items():
+        if path.name not in args.recipes:
+            continue
         network, x, t = slices(path, channels, 1)
         gflop = flops_per_slice(network, x, t) / 1e9
-        for variant, seconds in variants(path, channels, batch):
+        for variant, seconds in variants(path, channels, batch, args.out):
             rate = gflop / seconds
             lines.append(f"| {name} | {variant} | {gflop:.2f} | {1000 * seconds:.1f} | {rate:.1f} | "
                          f"{rate / peak:.0%} | {seconds * args.slices_per_volume:.1f} |")
