@@ -91,7 +91,7 @@ def onnxruntime_seconds(network, x, t, folder: Path, *, repeats: int = 3) -> tup
     start = time.perf_counter()
     for _ in range(repeats):
         session.run(None, feed)
-    return (f"ONNX Runtime {onnxruntime.__version__} (max |difference| {gap:.1e})",
+    return (f"ONNX Runtime {onnxruntime.__version__} (max abs difference {gap:.1e})",
             (time.perf_counter() - start) / repeats / len(x))
 
 
