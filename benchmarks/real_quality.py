@@ -87,6 +87,7 @@ VARIANTS = (
     Variant("lever: noise levels t0 50, 150, 300", (), None, ("anomaly.t0=150", "anomaly.extra_t0=[50,300]")),
     Variant("lever: every case trains and lends a 20% axial slab to calibration (retrained)",
             ("train.holdout=slabs", "train.val_fraction=0.2"), None),
+    Variant("lever: v prediction (retrained)", ("scheduler.prediction_type=v_prediction",), None),
 )
 
 
