@@ -56,11 +56,21 @@ def in_slab(positions: np.ndarray, slab: Slab) -> np.ndarray:
     return (positions >= slab[0]) & (positions < slab[1])
 
 
-def slab_region(brain: np.ndarray, affine: np.ndarray, slab: Slab) -> np.ndarray:
-    """Bool, broadcastable to ``brain`` (X, Y, Z): the voxels of the axial (world z) slab on this grid."""
+def world_z_axis(affine: np.ndarray) -> tuple[int, bool]:
+    """(the voxel axis running along world z, whether its index grows upwards) of a 3D grid."""
     orientation = nib.orientations.io_orientation(affine)
-    axis = int(np.argmax(orientation[:, 0] == 2))  # the voxel axis running along world z
-    keep = in_slab(axial_positions(brain, axis, upward=orientation[axis, 1] > 0), slab)
+    axis = int(np.argmax(orientation[:, 0] == 2))
+    return axis, bool(orientation[axis, 1] > 0)
+
+
+def along(values: np.ndarray, axis: int) -> np.ndarray:
+    """(N,) values per index of ``axis``, shaped to broadcast over a 3D grid."""
     view = [1, 1, 1]
     view[axis] = -1
-    return keep.reshape(view)
+    return values.reshape(view)
+
+
+def slab_region(brain: np.ndarray, affine: np.ndarray, slab: Slab) -> np.ndarray:
+    """Bool, broadcastable to ``brain`` (X, Y, Z): the voxels of the axial (world z) slab on this grid."""
+    axis, upward = world_z_axis(affine)
+    return along(in_slab(axial_positions(brain, axis, upward=upward), slab), axis)

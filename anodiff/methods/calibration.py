@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 from scipy import ndimage
 
 from anodiff.data.cases import Case
-from anodiff.data.slabs import Slab, slab_region
+from anodiff.data.slabs import Slab, along, slab_region, world_z_axis
 from anodiff.evaluation.baseline import baseline_modality, baseline_score
 from anodiff.evaluation.floor import floor_figures, floor_samples, ssim_map, tissue_zones, zone_modality
 from anodiff.evaluation.metrics import calibrate_threshold
@@ -123,12 +122,9 @@ def healthy_slices(case: Case, shape) -> np.ndarray:
     if case.label is None:
         return np.ones(shape, bool)
     label = read_volume(case.label, allow_constant=True)
-    ornt = nib.orientations.io_orientation(label.affine)
-    axis = int(np.argmax(np.abs(ornt[:, 0]) == 2))  # the voxel axis running along world z
+    axis, _ = world_z_axis(label.affine)
     lesion_on = (label.data > 0).any(axis=tuple(a for a in range(3) if a != axis))
-    view = [1, 1, 1]
-    view[axis] = -1
-    return np.broadcast_to((~lesion_on).reshape(view), shape)
+    return np.broadcast_to(along(~lesion_on, axis), shape)
 
 
 def baseline_image(case: Case, modalities: tuple[str, ...], result: Prediction) -> np.ndarray:
