@@ -88,6 +88,8 @@ VARIANTS = (
     Variant("lever: every case trains and lends a 20% axial slab to calibration (retrained)",
             ("train.holdout=slabs", "train.val_fraction=0.2"), None),
     Variant("lever: v prediction (retrained)", ("scheduler.prediction_type=v_prediction",), None),
+    Variant("lever: trained only on noise levels below 400, twice the highest scored (retrained)",
+            ("scheduler.train_t_max=400",), None),
 )
 
 

@@ -56,6 +56,18 @@ def test_latent_diffusion_settings_are_checked(overrides, match):
         load_recipe(None, overrides)
 
 
+@pytest.mark.parametrize("overrides,match", [
+    (["scheduler.train_t_max=0"], "train_t_max must be in"),
+    (["scheduler.train_t_max=200", "anomaly.t0=100", "anomaly.extra_t0=[50,200]"],
+     "must be below scheduler.train_t_max"),
+    (["model.kind=segdiff", "scheduler.train_t_max=400"], "segdiff draws its masks from pure noise"),
+])
+def test_a_denoiser_is_not_asked_for_noise_levels_it_never_trained_on(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_recipe(None, overrides)
+    load_recipe(None, ["scheduler.train_t_max=201", "anomaly.t0=100", "anomaly.extra_t0=[50,200]"])
+
+
 def test_every_shipped_recipe_loads():
     for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
         load_recipe(path)

@@ -243,3 +243,23 @@ def test_resumed_training_equals_the_uninterrupted_run(tiny_cohort, tmp_path):
         assert once.keys() == twice.keys()
         for key in once:
             torch.testing.assert_close(once[key], twice[key], atol=1e-5, rtol=0)
+
+
+def test_the_denoiser_trains_only_below_train_t_max():
+    """Every timestep the objective draws is below scheduler.train_t_max; without it the whole range is drawn."""
+    config = load_config(SEGDIFF_TINY)
+    seen: list[torch.Tensor] = []
+
+    def network(x_t, t):
+        seen.append(t)
+        return torch.zeros_like(x_t, requires_grad=True)
+
+    for t_max in (None, 40):
+        scheduler_cfg = replace(config.scheduler, train_t_max=t_max)
+        objective = DenoisingObjective(network, build_scheduler(scheduler_cfg, "ddpm"), scheduler_cfg)
+        seen.clear()
+        for seed in range(20):
+            objective({"x0": torch.rand(32, 1, 8, 8)}, generator=torch.Generator().manual_seed(seed))
+        drawn = torch.cat(seen)
+        limit = t_max or config.scheduler.num_train_timesteps
+        assert int(drawn.max()) < limit and int(drawn.max()) >= 0.9 * limit  # the whole allowed range, no more

@@ -138,10 +138,16 @@ class SchedulerConfig:
     simplex_octaves: int = 6  # AnoDDPM's default
     simplex_persistence: float = 0.8  # AnoDDPM's default: amplitude ratio between octaves
     simplex_cycles: float = 4.0  # cycles of the first octave across the image
+    # The denoiser trains on noise levels t < train_t_max (None: all). Detection reads reconstructions at its
+    # t0 levels only, so training on the levels above them spends steps the score never uses.
+    train_t_max: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_train_timesteps < 2:
             raise ConfigError(f"scheduler.num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
+        if self.train_t_max is not None and not 1 <= self.train_t_max <= self.num_train_timesteps:
+            raise ConfigError(f"scheduler.train_t_max must be in [1, num_train_timesteps "
+                              f"({self.num_train_timesteps})], got {self.train_t_max}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -66,6 +66,8 @@ class SegDiff(Method):
         super().validate(config)
         if config.model.spatial_dims != 2:
             raise ConfigError("model.kind: segdiff works on 2D slices; set model.spatial_dims: 2")
+        if config.scheduler.train_t_max is not None:
+            raise ConfigError("scheduler.train_t_max is for detection; segdiff draws its masks from pure noise")
 
     def train(self, data: Path, config: RunConfig, out: Path, *, device: torch.device, resume: bool = False,
               progress: Progress | None = None) -> None:

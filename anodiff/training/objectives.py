@@ -24,7 +24,7 @@ from anodiff.diffusion.noise import make_noise
 
 
 class DenoisingObjective(nn.Module):
-    """MSE between the network's output and the target at a random t.
+    """MSE between the network's output and the target at a random t (below ``cfg.train_t_max`` when set).
 
     The batch holds ``x0`` (B, C, *S): images in [-1, 1], scaled latents or masks
     in [-1, 1], and optionally ``condition`` (B, C', *S), joined to x_t as extra
@@ -41,7 +41,8 @@ class DenoisingObjective(nn.Module):
         cfg = self.cfg
         x_0 = batch["x0"]
         eps = make_noise(x_0, cfg, generator=generator)
-        t = torch.randint(0, cfg.num_train_timesteps, (x_0.shape[0],), generator=generator).to(x_0.device)
+        levels = cfg.train_t_max or cfg.num_train_timesteps
+        t = torch.randint(0, levels, (x_0.shape[0],), generator=generator).to(x_0.device)
         if "condition" in batch:
             output = DiffusionInferer(self.scheduler)(inputs=x_0, diffusion_model=self.network, noise=eps,
                                                       timesteps=t, condition=batch["condition"], mode="concat")
