@@ -90,6 +90,7 @@ VARIANTS = (
     Variant("lever: v prediction (retrained)", ("scheduler.prediction_type=v_prediction",), None),
     Variant("lever: trained only on noise levels below 400, twice the highest scored (retrained)",
             ("scheduler.train_t_max=400",), None),
+    Variant("lever: learning rate decayed to 0 along a cosine (retrained)", ("train.lr_schedule=cosine",), None),
 )
 
 

@@ -174,6 +174,7 @@ class TrainConfig:
     num_steps: int = 20000
     batch_size: int = 16
     lr: float = 1e-4
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: from lr down to 0 over num_steps
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999

@@ -109,6 +109,7 @@ def fit(
     board = _board(out_dir) if main and cfg.sample_every else None  # closed after the last sample interval
     objective.train()
     for step in range(start, cfg.num_steps):
+        set_learning_rate(optimizer, cfg, step)
         loss = _train_step(trained, objective, optimizer, sample_batch, cfg, step, device, use_amp, meter)
         ema.update_parameters(objective)
         done = step + 1
@@ -131,6 +132,19 @@ def fit(
                        data_fraction=meter.data_seconds / max(seconds, 1e-9))
     distributed.barrier()  # the last checkpoint is on disk before any rank goes on
     return ema.module.eval(), result
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The rate of ``step`` (0-based): ``cfg.lr``, or with ``lr_schedule: cosine`` decayed from it to 0
+    along half a cosine over ``num_steps``. A function of the step alone, so a resumed run continues it."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.num_steps))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(cfg, step)
 
 
 def _resume(checkpoint: Path, objective: nn.Module, ema, optimizer, *, resume: bool, config_text: str) -> int:
@@ -185,7 +199,7 @@ def _log_row(path: Path, meter: _Meter, done: int, cfg: TrainConfig, board=None)
     rate = len(meter.losses) / max(time.perf_counter() - meter.window_start, 1e-9)
     mean = sum(meter.losses) / len(meter.losses)
     with path.open("a", newline="") as handle:
-        csv.writer(handle).writerow([done, f"{mean:.6f}", cfg.lr, f"{rate:.3f}"])
+        csv.writer(handle).writerow([done, f"{mean:.6f}", f"{learning_rate(cfg, done - 1):.4g}", f"{rate:.3f}"])
     if board is not None:
         board.add_scalar("train/loss", mean, done)
         board.add_scalar("train/steps_per_s", rate, done)
