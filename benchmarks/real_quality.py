@@ -91,6 +91,7 @@ VARIANTS = (
     Variant("lever: trained only on noise levels below 400, twice the highest scored (retrained)",
             ("scheduler.train_t_max=400",), None),
     Variant("lever: learning rate decayed to 0 along a cosine (retrained)", ("train.lr_schedule=cosine",), None),
+    Variant("lever: half of each training batch mirrored left to right (retrained)", ("train.mirror=true",), None),
 )
 
 

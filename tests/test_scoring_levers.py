@@ -11,7 +11,7 @@ import torch
 from monai.data import MetaTensor
 
 from anodiff.config import AnomalyConfig, ModelConfig, RunConfig, load_config
-from anodiff.data.datasets import brain_patches
+from anodiff.data.datasets import brain_patches, mirrored
 from anodiff.data.transforms import BRAIN, IMAGE, NormalizeInsideBraind
 from anodiff.errors import ConfigError, DataError
 from anodiff.inference.standardise import ResidualStats, combine, edge_strength
@@ -176,6 +176,22 @@ def test_training_patches_lie_on_the_brain_and_repeat_with_the_seed():
         windows = image.unfold(1, 16, 1).unfold(2, 16, 1)  # (C, 25, 25, 16, 16)
         top, left = (windows[0] == patch[0]).all(-1).all(-1).nonzero()[0].tolist()
         assert brains[0, 0, top:top + 16, left:left + 16].any()
+
+
+def test_mirroring_flips_left_to_right_the_same_samples_of_every_batch():
+    images, masks = torch.rand(64, 2, 8, 6), (torch.rand(64, 1, 8, 6) > 0.5).float()
+    flipped_images, flipped_masks = mirrored(torch.Generator().manual_seed(0), images, masks)
+    flipped = [i for i in range(64) if not torch.equal(flipped_images[i], images[i])]
+    assert 16 < len(flipped) < 48  # about half
+    for i in range(64):
+        image_was, mask_was = (images[i].flip(1), masks[i].flip(1)) if i in flipped else (images[i], masks[i])
+        assert torch.equal(flipped_images[i], image_was) and torch.equal(flipped_masks[i], mask_was)
+    assert torch.equal(mirrored(torch.Generator().manual_seed(0), images)[0], flipped_images)
+    volumes = torch.rand(4, 1, 5, 6, 7)  # (B, C, X, Y, Z): X, the first spatial axis, is the one mirrored
+    assert all(torch.equal(v, w) or torch.equal(v, w.flip(1))
+               for v, w in zip(mirrored(torch.Generator().manual_seed(1), volumes)[0], volumes))
+    with pytest.raises(ConfigError, match="mirrored latent"):
+        validate(load_config(CONFIGS / "ldm2d.yaml", ("train.mirror=true",)))
 
 
 def test_patch_size_is_checked_against_the_model():

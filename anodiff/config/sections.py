@@ -190,6 +190,9 @@ class TrainConfig:
     # 2D pixel-space denoiser: train on random square patches of this size, centred on the brain, and score
     # whole slices (the network is convolutional), so a finer image_size costs no more per training step.
     patch_size: int | None = None
+    # Mirror a random half of each training batch left to right (pixel-space models): a few training subjects
+    # show the network twice the anatomy.
+    mirror: bool = False
 
     def __post_init__(self) -> None:
         if self.num_steps < 1 or self.batch_size < 1:

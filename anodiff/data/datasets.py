@@ -187,6 +187,16 @@ def brain_patches(images: torch.Tensor, brains: torch.Tensor, size: int, generat
     return torch.stack(patches)
 
 
+def mirrored(generator: torch.Generator, *batches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The ``batches`` with a random half of their samples mirrored left to right, the same samples in each.
+
+    ``batches`` (B, C, X, ...) on the RAS grid, whose first spatial axis X runs from left to right. A mirrored
+    healthy brain is still a healthy brain, so a cohort of a few subjects shows the network more anatomy.
+    """
+    flip = torch.rand(batches[0].shape[0], generator=generator) < 0.5
+    return tuple(torch.where(flip.view(-1, *[1] * (b.ndim - 1)), b.flip(2), b) for b in batches)
+
+
 class VolumeDataset(torch.utils.data.Dataset):
     """Whole preprocessed volumes, for 3D models.
 

@@ -22,7 +22,7 @@ import torch
 from anodiff import distributed
 from anodiff.config import RunConfig, TrainConfig, config_to_dict, with_overrides
 from anodiff.data.cases import Case, discover, select_modalities
-from anodiff.data.datasets import SliceDataset, VolumeDataset, brain_patches
+from anodiff.data.datasets import SliceDataset, VolumeDataset, brain_patches, mirrored
 from anodiff.data.slabs import Slab, guarded, held_out_slabs
 from anodiff.diffusion.sampler import build_scheduler
 from anodiff.diffusion.spaces import PixelSpace, Space, to_model_range
@@ -126,6 +126,8 @@ class AnomalyMethod(Method):
             if config.train.patch_size is not None:
                 brains = torch.stack([item["brain"] for item in items])
                 images = brain_patches(images, brains, config.train.patch_size, generator)
+            if config.train.mirror:
+                (images,) = mirrored(generator, images)
             return {"x0": to_model_range(images)}
 
         in_channels = len(modalities) if latents is None else latents.shape[1]

@@ -57,6 +57,9 @@ class LatentDiffusion(AnomalyMethod):
                 raise ConfigError("autoencoder.batch_size must be >= 2 with the adversary on (batch norm)")
         if config.scheduler.noise == "simplex":
             raise ConfigError("scheduler.noise: simplex is for 2D pixel-space DDPMs; use gaussian or coarse")
+        if config.train.mirror:
+            raise ConfigError("train.mirror is for pixel-space denoisers: a mirrored latent is not the latent "
+                              "of the mirrored image")
 
     def downsampling(self, config: RunConfig) -> int:
         return config.autoencoder.downsampling

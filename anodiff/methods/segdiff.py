@@ -28,7 +28,7 @@ import torch
 from anodiff import distributed
 from anodiff.config import RunConfig, config_to_dict, region_labels, with_overrides
 from anodiff.data.cases import Case, discover, select_modalities
-from anodiff.data.datasets import SliceDataset
+from anodiff.data.datasets import SliceDataset, mirrored
 from anodiff.data.transforms import IMAGE, LABEL
 from anodiff.diffusion.sampler import build_scheduler, conditioned, generate, num_network_evals
 from anodiff.diffusion.spaces import from_model_range, to_model_range
@@ -149,7 +149,8 @@ def train_segdiff(data: Path, config: RunConfig, out: Path, *, device: torch.dev
         raise DataError(f"{data}: no training slice holds a label voxel of the regions {list(cfg.regions)}")
     log.info("training on %d slices (%d with a label) of %d cases", len(dataset), len(lesion), len(rank_cases))
     begin(out)
-    draw = lesion_batches(dataset, lesion, config.train.batch_size, cfg.lesion_fraction)
+    draw = lesion_batches(dataset, lesion, config.train.batch_size, cfg.lesion_fraction,
+                          mirror=config.train.mirror)
     meta: dict = {
         "kind": "segdiff",
         "modalities": list(modalities),
@@ -190,15 +191,18 @@ def train_segdiff(data: Path, config: RunConfig, out: Path, *, device: torch.dev
     save_model(out, config, trained.network, meta)
 
 
-def lesion_batches(dataset: SliceDataset, lesion: list[int], size: int, lesion_fraction: float):
-    """draw(generator) -> images (B, C, H, W) and region masks (B, R, H, W), lesion slices oversampled."""
+def lesion_batches(dataset: SliceDataset, lesion: list[int], size: int, lesion_fraction: float, *,
+                   mirror: bool = False):
+    """draw(generator) -> images (B, C, H, W) and region masks (B, R, H, W), lesion slices oversampled
+    (with ``mirror``, half of them mirrored left to right, image and mask alike)."""
 
     def draw(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         from_lesions = int(round(size * lesion_fraction))
         picks = [lesion[int(i)] for i in torch.randint(len(lesion), (from_lesions,), generator=generator)]
         picks += torch.randint(len(dataset), (size - from_lesions,), generator=generator).tolist()
         items = [dataset[i] for i in picks]
-        return torch.stack([it[IMAGE] for it in items]), torch.stack([it[LABEL] for it in items])
+        images, masks = torch.stack([it[IMAGE] for it in items]), torch.stack([it[LABEL] for it in items])
+        return mirrored(generator, images, masks) if mirror else (images, masks)
 
     return draw
 
