@@ -19,6 +19,7 @@ reused, so an interrupted run continues.
 
     python benchmarks/real_quality.py --brats ../shared/data/brats2015-sample --out runs/real-quality
     python benchmarks/real_quality.py --sets synth-2mm --out runs/real-quality
+    python benchmarks/real_quality.py --sets synth-1mm --variants 0 1 --out runs/real-quality
 """
 
 from __future__ import annotations
@@ -176,16 +177,26 @@ def table(name: str, rows: list[tuple[str, str, dict[str, float]]], seconds: flo
     return "\n".join(lines)
 
 
-def benchmark(anodiff: str, name: str, folds, config: Path, out: Path) -> str:
-    """Every variant on every fold of one data set, variant by variant (a table printed after each); its table."""
+def model_number(config: Path, training: tuple[str, ...]) -> int:
+    """The folder number of a training recipe: its place among the distinct recipes of VARIANTS, so a run of
+    a few variants reuses (and adds to) the models of a run of all."""
+    recipes = list(dict.fromkeys(training_recipe(config, v.training) for v in VARIANTS))
+    return recipes.index(training_recipe(config, training))
+
+
+def benchmark(anodiff: str, name: str, folds, config: Path, out: Path, chosen: list[int] | None = None) -> str:
+    """The ``chosen`` variants (indices into VARIANTS; None: all) on every fold of one data set, variant by
+    variant (a table printed after each); its table."""
     start = time.perf_counter()
     rows, baselines = [], {}
     models: dict[tuple[str, str], Path] = {}  # by fold and training recipe: one model per distinct recipe
     for index, variant in enumerate(VARIANTS):
+        if chosen is not None and index not in chosen:
+            continue
         for case, train, test in folds:
             key = (case, training_recipe(config, variant.training))
             if key not in models:
-                folder = out / case / f"model-{sum(1 for c, _ in models if c == case)}"
+                folder = out / case / f"model-{model_number(config, variant.training)}"
                 models[key] = trained(anodiff, train, config, variant.training, folder)
             scoring = with_setting(variant.scoring if variant.scoring is not None else scoring_settings(config),
                                    *variant.on_top)
@@ -206,6 +217,8 @@ def main() -> None:
                         / "brats2015-sample")
     parser.add_argument("--sets", nargs="+", default=["brats", "synth-2mm", "synth-1mm"],
                         choices=["brats", "synth-2mm", "synth-1mm"])
+    parser.add_argument("--variants", nargs="+", type=int, help="rows to run, by their place in VARIANTS "
+                        f"(0-{len(VARIANTS) - 1}; default: all)")
     args = parser.parse_args()
     anodiff = str(Path(sys.executable).with_name("anodiff"))
     start = time.perf_counter()
@@ -216,7 +229,7 @@ def main() -> None:
             folds, config = brats_folds(args.brats, folder), CONFIGS / "brats_cpu.yaml"
         else:
             folds, config = synthetic_folds(anodiff, float(name.split("-")[1][:-2]), folder), CONFIGS / "demo.yaml"
-        tables.append(benchmark(anodiff, name, folds, config, folder))
+        tables.append(benchmark(anodiff, name, folds, config, folder, args.variants))
         (args.out / "summary.md").write_text("\n\n".join(tables) + "\n", encoding="utf-8")
     print("\n\n".join(tables))
     print(f"\nreal_quality finished in {(time.perf_counter() - start) / 60:.0f} min: {args.out / 'summary.md'}")
