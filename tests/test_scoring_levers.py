@@ -3,6 +3,7 @@ tissue like them, modalities combined without diluting a lesion."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from anodiff.data.transforms import BRAIN, IMAGE, NormalizeInsideBraind
 from anodiff.errors import ConfigError, DataError
 from anodiff.inference.standardise import ResidualStats, combine, edge_strength
 from anodiff.methods import validate
-from anodiff.methods.scoring import anomaly_grid
+from anodiff.methods.scoring import anomaly_grid, passes_per_input, reconstruct_slices
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -200,3 +201,25 @@ def test_patch_size_is_checked_against_the_model():
     with pytest.raises(ConfigError, match="2D pixel-space"):
         validate(load_config(CONFIGS / "ldm2d.yaml", ("train.patch_size=32",)))
     assert validate(load_config(CONFIGS / "brats_cpu.yaml", ("data.image_size=96", "train.patch_size=48")))
+
+
+class SeesNoNoise(torch.nn.Module):
+    """A denoiser that predicts no noise: its one-step x_0 estimate is x_t / sqrt(alpha_bar), x_0 plus
+    noise that follows eps linearly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x_t)
+
+
+def test_antithetic_draws_cancel_the_noise_that_a_reconstruction_follows_linearly():
+    slices = 0.4 + 0.2 * torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    config = load_config(CONFIGS / "brats_cpu.yaml", ("anomaly.t0=50", "anomaly.extra_t0=[]"))  # no clipping
+    paired = replace(config, anomaly=replace(config.anomaly, antithetic=True))
+    error = {name: (reconstruct_slices(SeesNoNoise(), slices, c, generator=torch.Generator().manual_seed(1))
+                    - slices).abs().max().item() for name, c in (("single", config), ("antithetic", paired))}
+    assert error["single"] > 0.05 and error["antithetic"] < 1e-5, error
+    assert passes_per_input(paired) == 2 * passes_per_input(config) == 2

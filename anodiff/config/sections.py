@@ -212,6 +212,9 @@ class AnomalyConfig:
     t0: int = 250  # noise level the scan is noised to, out of num_train_timesteps
     extra_t0: tuple[int, ...] = ()  # further noise levels; the residuals of all levels are averaged
     num_draws: int = 1  # reconstructions averaged per noise level (different noise draws)
+    # Each draw's noise eps used twice, as eps and -eps (antithetic draws): the part of the reconstruction's
+    # error that follows the noise linearly cancels in their mean. Twice the passes per draw.
+    antithetic: bool = False
     # The map: "residual", |x - x_hat|; "zscore", the signed residual standardised by healthy residuals of the
     # same intensity and edge strength (fitted at calibration; see anodiff.inference.standardise). Modalities
     # are combined by their "mean" or their "max" (a lesion seen in one contrast is then not diluted).

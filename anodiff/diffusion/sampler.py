@@ -129,17 +129,19 @@ def reconstruct(
     t0: int,
     generator: torch.Generator | None = None,
     clip: bool = True,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Noise ``x_0`` (B, C, *S) to ``t0`` and denoise it back: the reconstruction (B, C, *S).
 
-    Clamped to [-1, 1] when ``clip`` (pixels); deterministic given ``generator``
-    (DDIM with ``sampler.eta`` > 0 draws fresh noise at each step, from it too).
+    The noise is ``noise`` when given, else drawn (``cfg.noise``) from ``generator``. Clamped to [-1, 1] when
+    ``clip`` (pixels); deterministic given ``generator`` (DDIM with ``sampler.eta`` > 0 draws fresh noise at
+    each step, from it too).
     """
     scheduler = build_scheduler(cfg, sampler.kind, clip_sample=clip)
     timesteps = timesteps_from(scheduler, sampler, t0)
     if not timesteps:
         raise ValueError(f"no timesteps in (0, {t0}]; raise t0 or num_steps")
-    eps = make_noise(x_0, cfg, generator=generator)
+    eps = make_noise(x_0, cfg, generator=generator) if noise is None else noise
     start = torch.full((x_0.shape[0],), timesteps[0], dtype=torch.long, device=x_0.device)
     x_t = scheduler.add_noise(original_samples=x_0, noise=eps, timesteps=start)
     x_hat = denoise(denoiser, x_t, scheduler, timesteps, sampler, generator=generator)

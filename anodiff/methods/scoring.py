@@ -26,6 +26,7 @@ import torch
 
 from anodiff.config import RunConfig
 from anodiff.data.cases import Case
+from anodiff.diffusion.noise import make_noise
 from anodiff.diffusion.sampler import num_network_evals, reconstruct
 from anodiff.diffusion.spaces import PixelSpace, Space
 from anodiff.errors import DataError
@@ -51,7 +52,7 @@ def reconstruct_slices(
 
     Encodes into the model's diffusion space (pixels, or an autoencoder's latents),
     reconstructs at every noise level (``t0`` and ``extra_t0``), ``num_draws`` times
-    each, decodes, and averages the images.
+    each (with ``antithetic``, each draw ε also as -ε), decodes, and averages the images.
     """
     cfg = config.anomaly
     space = space or PixelSpace()
@@ -59,13 +60,16 @@ def reconstruct_slices(
     images = slices.to(device)
     x_0 = space.encode(images)
     recon_sum = torch.zeros_like(images)
+    signs = (1, -1) if cfg.antithetic else (1,)
     levels = (cfg.t0, *cfg.extra_t0)
     for t0 in levels:
         for _ in range(cfg.num_draws):
-            x_hat = reconstruct(network, x_0, config.scheduler, config.sampler, t0=t0, generator=generator,
-                                clip=space.clip)
-            recon_sum += space.decode(x_hat)
-    return (recon_sum / (len(levels) * cfg.num_draws)).float().cpu()
+            eps = make_noise(x_0, config.scheduler, generator=generator)
+            for sign in signs:
+                x_hat = reconstruct(network, x_0, config.scheduler, config.sampler, t0=t0, generator=generator,
+                                    clip=space.clip, noise=sign * eps)
+                recon_sum += space.decode(x_hat)
+    return (recon_sum / (len(levels) * cfg.num_draws * len(signs))).float().cpu()
 
 
 def score_slices(network: torch.nn.Module, slices: torch.Tensor, config: RunConfig, *, space: Space | None = None,
@@ -77,9 +81,11 @@ def score_slices(network: torch.nn.Module, slices: torch.Tensor, config: RunConf
 
 
 def passes_per_input(config: RunConfig) -> int:
-    """Network passes per slice (or volume): every noise level, ``num_draws`` times each."""
+    """Network passes per slice (or volume): every noise level, ``num_draws`` times each (twice with
+    ``antithetic``)."""
     levels = (config.anomaly.t0, *config.anomaly.extra_t0)
-    return config.anomaly.num_draws * sum(num_network_evals(config.scheduler, config.sampler, t0) for t0 in levels)
+    draws = config.anomaly.num_draws * (2 if config.anomaly.antithetic else 1)
+    return draws * sum(num_network_evals(config.scheduler, config.sampler, t0) for t0 in levels)
 
 
 def reconstruct_volume(network: torch.nn.Module, prepared: PreparedCase, config: RunConfig, *,

@@ -149,8 +149,7 @@ def train_segdiff(data: Path, config: RunConfig, out: Path, *, device: torch.dev
         raise DataError(f"{data}: no training slice holds a label voxel of the regions {list(cfg.regions)}")
     log.info("training on %d slices (%d with a label) of %d cases", len(dataset), len(lesion), len(rank_cases))
     begin(out)
-    draw = lesion_batches(dataset, lesion, config.train.batch_size, cfg.lesion_fraction,
-                          mirror=config.train.mirror)
+    draw = lesion_batches(dataset, lesion, config.train.batch_size, cfg.lesion_fraction, mirror=config.train.mirror)
     meta: dict = {
         "kind": "segdiff",
         "modalities": list(modalities),
