@@ -43,7 +43,9 @@ FIGURES = ("auroc", "auprc", "dice_best_possible", "dice_calibrated")
 
 # The defaults before this benchmark's levers, as overrides of today's configs.
 OLD_TRAINING = ("data.normalisation=percentiles",)
-OLD_SCORING = ("sampler.kind=ddim", "sampler.num_inference_steps=10", "anomaly.extra_t0=[]",
+# The recipes' scoring before antithetic pairs: three independent draws, at t0 50, 100 and 200.
+THREE_LEVELS = ("anomaly.antithetic=false", "anomaly.t0=100", "anomaly.extra_t0=[50,200]")
+OLD_SCORING = ("sampler.kind=ddim", "sampler.num_inference_steps=10", "anomaly.extra_t0=[]", "anomaly.antithetic=false",
                "anomaly.score=residual", "anomaly.combine=mean", "anomaly.centre=false", "anomaly.scale=false")
 
 
@@ -78,14 +80,15 @@ VARIANTS = (
             with_setting(OLD_SCORING, "sampler.kind=ddim_t0", "sampler.num_inference_steps=1",
                          "anomaly.extra_t0=[100,400]")),
     Variant("lever: median normalisation (retrained)", ("data.normalisation=median",), OLD_SCORING),
-    Variant("lever: new default without centring", (), None, ("anomaly.centre=false",)),
-    Variant("lever: new default without scaling", (), None, ("anomaly.scale=false",)),
+    Variant("lever: three levels without centring", (), None, (*THREE_LEVELS, "anomaly.centre=false")),
+    Variant("lever: three levels without scaling", (), None, (*THREE_LEVELS, "anomaly.scale=false")),
     Variant("lever: new default at 96 px, trained on 48 px patches (retrained)",
             ("data.image_size=96", "train.patch_size=48"), None),
-    Variant("lever: new default at its middle noise level only (1 pass)", (), None, ("anomaly.extra_t0=[]",)),
-    Variant("lever: noise levels t0 100, 250, 400 (the previous default)", (), None,
-            ("anomaly.t0=250", "anomaly.extra_t0=[100,400]")),
-    Variant("lever: noise levels t0 50, 150, 300", (), None, ("anomaly.t0=150", "anomaly.extra_t0=[50,300]")),
+    Variant("lever: three levels' middle one only (1 pass)", (), None, (*THREE_LEVELS, "anomaly.extra_t0=[]")),
+    Variant("lever: noise levels t0 100, 250, 400 (the default before three levels)", (), None,
+            (*THREE_LEVELS, "anomaly.t0=250", "anomaly.extra_t0=[100,400]")),
+    Variant("lever: noise levels t0 50, 150, 300", (), None,
+            (*THREE_LEVELS, "anomaly.t0=150", "anomaly.extra_t0=[50,300]")),
     Variant("lever: every case trains and lends a 20% axial slab to calibration (retrained)",
             ("train.holdout=slabs", "train.val_fraction=0.2"), None),
     Variant("lever: v prediction (retrained)", ("scheduler.prediction_type=v_prediction",), None),
@@ -93,6 +96,12 @@ VARIANTS = (
             ("scheduler.train_t_max=400",), None),
     Variant("lever: learning rate decayed to 0 along a cosine (retrained)", ("train.lr_schedule=cosine",), None),
     Variant("lever: half of each training batch mirrored left to right (retrained)", ("train.mirror=true",), None),
+    Variant("lever: three levels t0 50, 100, 200, one draw each (3 passes; the default before antithetic pairs)",
+            (), None, THREE_LEVELS),
+    Variant("lever: three levels, two independent draws each (6 passes)", (), None,
+            (*THREE_LEVELS, "anomaly.num_draws=2")),
+    Variant("lever: three levels, an antithetic pair each (6 passes)", (), None,
+            (*THREE_LEVELS, "anomaly.antithetic=true")),
 )
 
 

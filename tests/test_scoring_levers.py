@@ -217,7 +217,7 @@ class SeesNoNoise(torch.nn.Module):
 
 def test_antithetic_draws_cancel_the_noise_that_a_reconstruction_follows_linearly():
     slices = 0.4 + 0.2 * torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(0))
-    config = load_config(CONFIGS / "brats_cpu.yaml", ("anomaly.t0=50", "anomaly.extra_t0=[]"))  # no clipping
+    config = load_config(CONFIGS / "brats_cpu.yaml", ("anomaly.t0=50", "anomaly.antithetic=false"))  # no clipping
     paired = replace(config, anomaly=replace(config.anomaly, antithetic=True))
     error = {name: (reconstruct_slices(SeesNoNoise(), slices, c, generator=torch.Generator().manual_seed(1))
                     - slices).abs().max().item() for name, c in (("single", config), ("antithetic", paired))}
