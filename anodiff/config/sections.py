@@ -234,8 +234,18 @@ class AnomalyConfig:
     min_component_mm3: float = 20.0  # connected components smaller than this are removed
     batch_size: int = 64  # slices per network call at inference
 
+    @property
+    def levels(self) -> tuple[int, ...]:
+        """Every noise level the scan is reconstructed from: ``t0``, then ``extra_t0``."""
+        return (self.t0, *self.extra_t0)
+
+    @property
+    def draws_per_level(self) -> int:
+        """Reconstructions averaged per level: ``num_draws``, twice each with ``antithetic``."""
+        return self.num_draws * (2 if self.antithetic else 1)
+
     def __post_init__(self) -> None:
-        if min((self.t0, *self.extra_t0)) < 1:
+        if min(self.levels) < 1:
             raise ConfigError(f"anomaly.t0 and anomaly.extra_t0 must be >= 1, got {self.t0}, {self.extra_t0}")
         if not 0 < self.fpr < 1:
             raise ConfigError(f"anomaly.fpr must be in (0, 1), got {self.fpr}")

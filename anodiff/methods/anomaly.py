@@ -54,12 +54,13 @@ class AnomalyMethod(Method):
     def validate(self, config: RunConfig) -> None:
         factor = 2 ** (len(config.model.channels) - 1)  # the UNet's downsampling
         check_image_size(config, factor * self.downsampling(config))
-        if max((config.anomaly.t0, *config.anomaly.extra_t0)) >= config.scheduler.num_train_timesteps:
+        highest = max(config.anomaly.levels)
+        if highest >= config.scheduler.num_train_timesteps:
             raise ConfigError(f"anomaly.t0 ({config.anomaly.t0}) must be below scheduler.num_train_timesteps "
                               f"({config.scheduler.num_train_timesteps})")
         trained_below = config.scheduler.train_t_max
-        if trained_below is not None and max((config.anomaly.t0, *config.anomaly.extra_t0)) >= trained_below:
-            raise ConfigError(f"anomaly.t0 levels {[config.anomaly.t0, *config.anomaly.extra_t0]} must be below "
+        if trained_below is not None and highest >= trained_below:
+            raise ConfigError(f"anomaly.t0 levels {list(config.anomaly.levels)} must be below "
                               f"scheduler.train_t_max ({trained_below}): the denoiser never saw higher noise")
         if config.scheduler.noise == "simplex" and config.model.spatial_dims == 3:
             raise ConfigError("scheduler.noise: simplex is for 2D pixel-space DDPMs; use gaussian or coarse")

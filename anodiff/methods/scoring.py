@@ -61,15 +61,14 @@ def reconstruct_slices(
     x_0 = space.encode(images)
     recon_sum = torch.zeros_like(images)
     signs = (1, -1) if cfg.antithetic else (1,)
-    levels = (cfg.t0, *cfg.extra_t0)
-    for t0 in levels:
+    for t0 in cfg.levels:
         for _ in range(cfg.num_draws):
             eps = make_noise(x_0, config.scheduler, generator=generator)
             for sign in signs:
                 x_hat = reconstruct(network, x_0, config.scheduler, config.sampler, t0=t0, generator=generator,
                                     clip=space.clip, noise=sign * eps)
                 recon_sum += space.decode(x_hat)
-    return (recon_sum / (len(levels) * cfg.num_draws * len(signs))).float().cpu()
+    return (recon_sum / (len(cfg.levels) * cfg.draws_per_level)).float().cpu()
 
 
 def score_slices(network: torch.nn.Module, slices: torch.Tensor, config: RunConfig, *, space: Space | None = None,
@@ -83,9 +82,8 @@ def score_slices(network: torch.nn.Module, slices: torch.Tensor, config: RunConf
 def passes_per_input(config: RunConfig) -> int:
     """Network passes per slice (or volume): every noise level, ``num_draws`` times each (twice with
     ``antithetic``)."""
-    levels = (config.anomaly.t0, *config.anomaly.extra_t0)
-    draws = config.anomaly.num_draws * (2 if config.anomaly.antithetic else 1)
-    return draws * sum(num_network_evals(config.scheduler, config.sampler, t0) for t0 in levels)
+    return config.anomaly.draws_per_level * sum(num_network_evals(config.scheduler, config.sampler, t0)
+                                                for t0 in config.anomaly.levels)
 
 
 def reconstruct_volume(network: torch.nn.Module, prepared: PreparedCase, config: RunConfig, *,
