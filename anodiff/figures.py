@@ -26,6 +26,8 @@ from PIL import Image
 from scipy import ndimage
 from skimage import segmentation
 
+from anodiff.outputs import replaced_atomically
+
 Colour = tuple[float, float, float]
 GREEN, RED, BLUE = (0.0, 1.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.4, 1.0)  # truth, anodiff, reference
 TILE_PX, DPI = 280, 100  # every tile of a per-case figure is at least TILE_PX pixels wide and high
@@ -138,7 +140,8 @@ def save_case_figures(folder: Path, name: str, views: dict[str, np.ndarray]) -> 
     """``name.npz`` (the views, so ``anodiff report`` can redraw them), ``name.png`` (three views) and
     ``name_montage.png`` in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(folder / f"{name}.npz", **views)
+    with replaced_atomically(folder / f"{name}.npz", suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **views)
     return draw_case_figures(folder, name, views)
 
 
@@ -229,7 +232,8 @@ def _save(figure: Figure, path: Path) -> Figure:
     """Write ``figure`` as a PNG; returns it, drawn (its axes' extents are then final)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=DPI)
+    with replaced_atomically(path, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=DPI, format="png")
     return figure
 
 

@@ -19,10 +19,10 @@ the job of :mod:`anodiff.data.transforms`.
 from __future__ import annotations
 
 import gzip
+import locale
 import logging
 import os
 import re
-import uuid
 import zlib
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from anodiff.errors import DataError
+from anodiff.outputs import remove_stale_temporaries, replaced_atomically
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,7 @@ def write_volume(
     if suffix is None:
         raise DataError(f"{path}: unknown output format (use one of {', '.join(IMAGE_SUFFIXES)})")
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path, suffix=suffix)
     # Not mkstemp, whose 0600 mode would stick to the final file.
     with replaced_atomically(path, suffix=suffix) as tmp:
         if suffix in NIFTI_SUFFIXES:
@@ -172,29 +174,6 @@ def write_volume(
         else:
             _write_with_sitk(data.astype(dtype), tmp, like.affine)
     return path
-
-
-@contextmanager
-def replaced_atomically(path: Path, *, suffix: str = "") -> Iterator[Path]:
-    """A temporary name beside ``path`` to write to; renamed onto ``path`` if the block succeeds, removed if not.
-
-    The name is ``.<name>.<8 hex>.tmp<suffix>`` in the same folder (the same file
-    system, so the rename is atomic); ``suffix`` keeps a format-telling ending.
-    """
-    stem = path.name[: len(path.name) - len(suffix)]
-    tmp = path.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def normal_file_mode() -> int:
-    """The mode ``open()`` gives a new file here (0o666 less the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 # ---------------------------------------------------------------- readers
@@ -280,17 +259,38 @@ def _read_with_sitk(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]
     return _from_sitk(path, img)
 
 
+@contextmanager
+def _locale_kept() -> Iterator[None]:
+    """Restore the process's locale after GDCM, which sets it to "C" (text then decodes as ASCII)."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def _read_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    with _locale_kept():
+        return _read_dicom_series_gdcm(folder)
+
+
+def _read_dicom_series_gdcm(folder: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise DataError(f"{folder}: a folder with no DICOM series in it")
     if len(series) > 1:
         raise DataError(f"{folder}: holds {len(series)} DICOM series; give the folder of one series")
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
+        first.ReadImageInformation()  # the same cap as a single file, before any pixel is read
+        _check_size(folder, (*first.GetSize()[:2], int(np.prod(first.GetSize()[2:], dtype=np.int64)) * len(files)))
         img = reader.Execute()
+    except MemoryError as err:
+        raise DataError(f"{folder}: too large to read into memory") from err
     except RuntimeError as err:
         raise DataError(f"{folder}: unreadable DICOM series ({_first_line(err)})") from err
     return _from_sitk(folder, img)

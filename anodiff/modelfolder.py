@@ -23,16 +23,16 @@ import torch
 import yaml
 from torch import nn
 
-from anodiff import __version__, distributed
+from anodiff import __version__, distributed, outputs
 from anodiff.config import config_to_yaml
 from anodiff.config.sections import RunConfig
 from anodiff.diffusion.spaces import PixelSpace, Space
-from anodiff.errors import CheckpointError
-from anodiff.io import replaced_atomically
+from anodiff.errors import CheckpointError, DataError
+from anodiff.outputs import replaced_atomically
 from anodiff.weights import remove_stale_temporaries, state_tensors, write_safetensors
 
 WEIGHTS, META, CONFIG, AUTOENCODER = "model.safetensors", "meta.json", "config.yaml", "autoencoder.safetensors"
-REFERENCE = "reference.safetensors"
+REFERENCE, CHECKPOINT = "reference.safetensors", "checkpoint.safetensors"
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,25 @@ def write_json(path: Path, content: dict) -> None:
     write_text(path, json.dumps(content, indent=2))
 
 
+def is_model_folder(folder: Path) -> bool:
+    """Whether anodiff made ``folder`` for a model: its marker, or (before markers) config.yaml beside meta.json
+    or a checkpoint."""
+    return outputs.is_marked(folder) or ((folder / CONFIG).is_file() and any(
+        (folder / name).is_file() for name in (META, CHECKPOINT)))
+
+
+def check_trainable(folder: Path) -> None:
+    """Raise DataError for a non-empty ``folder`` that is not a model folder: training would write into it."""
+    if not outputs.is_empty(folder) and not is_model_folder(folder):
+        raise DataError(f"{folder}: not empty and not a model folder anodiff made; train into a new or empty "
+                        "folder")
+
+
 def begin(folder: Path) -> None:
     """Open ``folder`` for training: until meta.json is written again, last, it is not a model."""
     if distributed.is_main():
-        folder.mkdir(parents=True, exist_ok=True)
+        check_trainable(folder)
+        outputs.mark(folder, "anodiff train")
         (folder / META).unlink(missing_ok=True)
         remove_stale_temporaries(folder)
     distributed.barrier()
@@ -85,7 +100,8 @@ def save_model(folder: Path, config: RunConfig, network: nn.Module, meta: dict[s
 
 def discard_training_state(folder: Path) -> None:
     """Forget checkpoints and stage-1 weights, so training starts afresh (``anodiff train --overwrite``)."""
-    for path in (folder / "checkpoint.safetensors", folder / AUTOENCODER,
+    check_trainable(folder)
+    for path in (folder / CHECKPOINT, folder / AUTOENCODER,
                  folder / "autoencoder" / "checkpoint.safetensors", folder / REFERENCE,
                  folder / "reference" / "checkpoint.safetensors"):
         path.unlink(missing_ok=True)

@@ -29,6 +29,7 @@ from anodiff.inference.prediction import Prediction
 from anodiff.io import Volume, read_volume, strip_image_suffix, write_volume
 from anodiff.methods import kinds_where, load_model, method_for
 from anodiff.modelfolder import TrainedModel
+from anodiff.outputs import fresh_folder, is_marked
 from anodiff.prepare import Options, prepare_case, prepare_cases, read_options, reference_of, to_raw_grid
 from anodiff.progress import Progress, staged
 
@@ -50,13 +51,15 @@ class DetectOutcome:
     error: str | None = None
     seconds: float = 0.0
     timings: dict | None = None
+    unexpected: bool = False  # the error is a bug, not bad input
+    kept: bool = False  # resumed: the outputs were all there already
 
 
 Outputs = Callable[[Case], dict[str, Path | None]]
 
 
 def detect_cases(model: TrainedModel, cases: list[Case], outputs: Outputs, *, threshold: float | None = None,
-                 overwrite: bool = False, seed: int = 0, samples: int | None = None,
+                 overwrite: bool = False, resume: bool = False, seed: int = 0, samples: int | None = None,
                  progress: Progress | None = None) -> list[DetectOutcome]:
     """Predict every case and write its outputs; a failing case is reported and the others still run.
 
@@ -64,7 +67,9 @@ def detect_cases(model: TrainedModel, cases: list[Case], outputs: Outputs, *, th
     the method's maps (``map``; ``uncertainty`` for segdiff), None for not wanted.
     A map with one channel per region goes to one file per region
     (``<name>_<region>``). Nothing is written for a failed case; existing files are
-    kept unless ``overwrite``.
+    kept unless ``overwrite``. With ``resume`` (an interrupted batch run again), a
+    case whose outputs all exist is kept as it is, and one with only some of them
+    is detected again, its partial outputs replaced.
     """
     method = method_for(model.config.model.kind)
     if samples is not None and not method.draws_samples:
@@ -73,22 +78,25 @@ def detect_cases(model: TrainedModel, cases: list[Case], outputs: Outputs, *, th
     chosen = method.threshold(model, threshold)
     outcomes = []
     for index, case in enumerate(cases):
-        outcomes.append(detect_case(model, case, outputs, threshold=chosen, overwrite=overwrite, seed=seed,
-                                    samples=samples))
+        outcomes.append(detect_case(model, case, outputs, threshold=chosen, overwrite=overwrite, resume=resume,
+                                    seed=seed, samples=samples))
         if progress is not None:
             progress(index + 1, len(cases), case.id)
     return outcomes
 
 
-def detect_case(model: TrainedModel, case: Case, outputs: Outputs, *, threshold: float, overwrite: bool, seed: int,
-                samples: int | None) -> DetectOutcome:
+def detect_case(model: TrainedModel, case: Case, outputs: Outputs, *, threshold: float, overwrite: bool,
+                seed: int, samples: int | None, resume: bool = False) -> DetectOutcome:
     """One case of :func:`detect_cases`: every error becomes the outcome's one line, and no half-made case stays."""
     clock = time.perf_counter()
     written: list[Path] = []
-    fresh: list[Path] = []
+    new_files: list[Path] = []
     try:
         targets = output_files(outputs(case), model)
-        fresh = [t for t in targets.values() if not t.exists()]
+        if resume and all(t.exists() for t in targets.values()):
+            return DetectOutcome(case.id, list(targets.values()), kept=True)
+        overwrite = overwrite or resume  # resumed: a case left incomplete is done again
+        new_files = [t for t in targets.values() if not t.exists()]
         case = match_modalities(case, model.modalities)
         check_targets(targets, case, overwrite=overwrite)
         arrays, like, timings = predict_arrays(model, case, threshold=threshold, samples=samples, seed=seed)
@@ -99,13 +107,15 @@ def detect_case(model: TrainedModel, case: Case, outputs: Outputs, *, threshold:
         timings = {**timings, "write_s": time.perf_counter() - writing}
         return DetectOutcome(case.id, written, seconds=time.perf_counter() - clock, timings=timings)
     except Exception as err:  # one bad case must not stop a batch of hundreds
-        if not isinstance(err, AnodiffError):
+        unexpected = not isinstance(err, AnodiffError)
+        message = str(err)
+        if unexpected:
             log.debug("case %s failed", case.id, exc_info=True)
-            err = f"unexpected {type(err).__name__}: {' '.join(str(err).split())} (run with -v for details)"
+            message = f"unexpected {type(err).__name__}: {' '.join(message.split())} (run with -v for details)"
         for path in written:  # no half-made case: a mask without the maps it was asked with
-            if path in fresh:
+            if path in new_files:
                 path.unlink(missing_ok=True)
-        return DetectOutcome(case.id, [], error=str(err))
+        return DetectOutcome(case.id, [], error=message, unexpected=unexpected)
 
 
 def predict_arrays(model: TrainedModel, case: Case, *, threshold: float, samples: int | None,
@@ -188,13 +198,17 @@ def output_arrays(result: Prediction, model: TrainedModel) -> dict[str, np.ndarr
 
 
 def evaluate(model: TrainedModel, data: Path, out: Path, *, seed: int = 0, samples: int | None = None,
-             overrides: list[str] | None = None, progress: Progress | None = None) -> Report:
-    """Evaluate on the labelled cases of ``data``; writes report.json, per_case.csv, summary.md and overlays/."""
+             overrides: list[str] | None = None, overwrite: bool = False,
+             progress: Progress | None = None) -> Report:
+    """Evaluate on the labelled cases of ``data``; writes report.json, per_case.csv, summary.md and overlays/
+    into ``out``, a new folder (or, with ``overwrite``, a report folder anodiff made, emptied first)."""
     method = method_for(model.config.model.kind)
     if samples is not None and not method.draws_samples:
         raise ConfigError(f"{model.folder}: --samples is for {' and '.join(kinds_where(lambda m: m.draws_samples))} "
                           "models")
-    out.mkdir(parents=True, exist_ok=True)
+    # A report folder without report.json (written last) is an interrupted evaluation: it starts again.
+    unfinished = is_marked(out) and not (out / "report.json").is_file()
+    fresh_folder(out, "anodiff evaluate", overwrite=overwrite or unfinished, what="report folder")
     data = prepared_for(model, data, out / "prepared", progress=progress)
     report = method.evaluate(model, data, seed=seed, samples=samples, overrides=overrides,
                              overlays=out / "overlays", progress=progress)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from anodiff.errors import CheckpointError
-from anodiff.io import normal_file_mode, replaced_atomically
+from anodiff.outputs import normal_file_mode, replaced_atomically
 
 
 def state_tensors(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -142,7 +142,7 @@ def prepare(
     with progress_bar("preparing") as progress:
         outcomes = prepare_cases(cases, out, options, overwrite=overwrite, progress=progress)
     table = Table(title=f"{len(cases)} case(s) prepared into {out}")
-    for column in ("case", "reference", "skull-stripped", "brain ml", "brain Dice vs given", "seconds"):
+    for column in ("case", "reference", "skull-stripped", "brain ml", "brain Dice vs given", "seconds", "status"):
         table.add_column(column)
     for o in outcomes:
         if o.folder is not None:
@@ -150,13 +150,10 @@ def prepare(
             dice = record["brain"].get("dice_vs_given")
             table.add_row(o.case, record["reference"], "yes" if record["skull_stripped"] else "no",
                           f"{record['brain']['ml']:.0f}", "-" if dice is None else f"{dice:.3f}",
-                          f"{sum(record['seconds'].values()):.1f}")
+                          f"{sum(record['seconds'].values()):.1f}", "kept (prepared before)" if o.kept else "prepared")
     stdout.print(table)
-    failures = [o for o in outcomes if o.error]
-    for o in failures:
-        stderr.print(f"[red]not prepared[/] {o.case}: {o.error}", highlight=False, soft_wrap=True)
-    if failures:
-        raise fail(f"{len(failures)} of {len(outcomes)} case(s) not prepared; the others were written", code=1)
+    end_with_failures([(o.case, o.error) for o in outcomes if o.error], len(outcomes), "not prepared",
+                      exit_code([o for o in outcomes if o.error]))
 
 
 def _config(config: Path | None, overrides: list[str] | None, steps: int | None):
@@ -196,7 +193,7 @@ def train(
     """
     from anodiff import distributed, recipes
     from anodiff.methods import method_for
-    from anodiff.modelfolder import discard_training_state
+    from anodiff.modelfolder import check_trainable, discard_training_state
 
     run = _config(config, overrides, steps)
     out = out or Path("runs") / (config.stem if config else "ddpm2d")
@@ -207,6 +204,7 @@ def train(
         if distributed.is_main():
             if out.exists() and any(out.iterdir()) and not (resume or overwrite):
                 raise fail(f"{out}: model folder exists; pass --resume to continue or --overwrite to start again")
+            check_trainable(out)
             if overwrite and not resume:
                 discard_training_state(out)
         distributed.barrier()
@@ -242,6 +240,8 @@ def detect(
         help="Override the calibrated threshold (segdiff: the one on the fused probability).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted batch: keep the cases whose outputs all exist.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the noise draws (same seed, same mask).")] = 0,
 ) -> None:
     """Write an anomaly mask (uint8) and optionally a map (float32) on each input's own grid.
@@ -274,26 +274,45 @@ def detect(
     def outputs(case):
         if single:
             return {"mask": out, "map": map_out, "uncertainty": uncertainty}
-        name = case.id.replace("/", "_")
-        return {"mask": out / f"{name}_mask.nii.gz", **{key: out / f"{name}_{key}.nii.gz" for key in method.outputs}}
+        return {"mask": out / f"{case.id}_mask.nii.gz",
+                **{key: out / f"{case.id}_{key}.nii.gz" for key in method.outputs}}
 
     with progress_bar(method.activity, disable=not distributed.is_main()) as progress:
         outcomes = detect_cases(loaded, distributed.shard(cases), outputs, threshold=threshold,
-                                overwrite=overwrite, seed=seed, samples=samples, progress=progress)
+                                overwrite=overwrite, resume=resume, seed=seed, samples=samples,
+                                progress=progress)
     order = {case.id: index for index, case in enumerate(cases)}
     outcomes = sorted((o for part in distributed.gather(outcomes) for o in part), key=lambda o: order[o.case_id])
     failures = [o for o in outcomes if o.error]
     main = distributed.is_main()
     distributed.shutdown()
+    code = exit_code(failures)
     if not main:
-        raise typer.Exit(1 if failures else 0)
+        raise typer.Exit(code)
     for o in outcomes:
-        if not o.error:
+        if o.kept:
+            stdout.print(f"{o.case_id}: kept, its outputs exist ({', '.join(str(p) for p in o.written)})")
+        elif not o.error:
             stdout.print(f"{o.case_id}: {', '.join(str(p) for p in o.written)} ({o.seconds:.1f} s)")
-    for o in failures:
-        stderr.print(f"[red]failed[/] {o.case_id}: {o.error}", highlight=False, soft_wrap=True)
-    if failures:
-        raise fail(f"{len(failures)} of {len(outcomes)} case(s) failed; the others were written", code=1)
+    end_with_failures([(o.case_id, o.error) for o in failures], len(outcomes), "failed", code)
+
+
+def exit_code(failures) -> int:
+    """0 when every case succeeded; 2 when cases failed on bad input; 1 when one hit an unexpected error (a bug)."""
+    if not failures:
+        return 0
+    return 1 if any(getattr(o, "unexpected", False) for o in failures) else 2
+
+
+def end_with_failures(failures: list[tuple[str, str]], total: int, what: str, code: int) -> None:
+    """Exit with ``code`` when cases failed: one line for a single case, else one per case and a summary."""
+    if not failures:
+        return
+    if total == 1:
+        raise fail(failures[0][1], code=code)
+    for case, error in failures:
+        stderr.print(f"[red]{what}[/] {case}: {error}", highlight=False, soft_wrap=True)
+    raise fail(f"{len(failures)} of {total} case(s) {what}; the others were written", code=code)
 
 
 @command
@@ -306,6 +325,8 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed of the noise draws.")] = 0,
     samples: Annotated[int | None, typer.Option(
         help="segdiff: masks drawn and fused (default: the model's segmentation.samples).", min=1)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a report folder written before.")]
+    = False,
     overrides: Annotated[list[str] | None, typer.Argument(
         help="anomaly.* or sampler.* settings to try (e.g. anomaly.t0=400); the threshold is recalibrated. "
              "segdiff: sampler.* only.")]
@@ -323,7 +344,7 @@ def evaluate(
     loaded = load_model(model, device=pick_device(device))
     with progress_bar("evaluating") as progress:
         report = evaluate_model(loaded, data, out, seed=seed, samples=samples, overrides=overrides or [],
-                                progress=progress)
+                                overwrite=overwrite, progress=progress)
     print_report(report)
     stdout.print(f"report: {out / 'report.html'}, {out / 'summary.md'}, {out / 'report.json'}, "
                  f"{out / 'per_case.csv'}, {out / 'figures'}/, {out / 'overlays'}/")

@@ -56,7 +56,7 @@ def main() -> None:
         run(anodiff, "-q", "train", "--data", str(train), "--config", str(args.config), "--out", str(fold / "model"),
             "--resume" if args.resume else "--overwrite", *steps)
         run(anodiff, "-q", "evaluate", "--model", str(fold / "model"), "--data", str(test), "--out",
-            str(fold / "report"))
+            str(fold / "report"), "--overwrite")
         report = json.loads((fold / "report" / "report.json").read_text())
         (case_row,) = report["cases"]
         seconds = {name: m.get("seconds_per_volume") for name, m in report["methods"].items()}

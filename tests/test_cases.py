@@ -50,7 +50,7 @@ def test_any_folder_of_images(tmp_path):
     _write(tmp_path, ["scanA.nii.gz", "sub/scanB.nii", "sub/scanC.nii.gz"])
     (tmp_path / "notes.csv").write_text("a,b\n")
     found = discover(tmp_path, default_modality="flair")
-    assert [c.id for c in found.cases] == ["scanA", "sub/scanB", "sub/scanC"]
+    assert [c.id for c in found.cases] == ["scanA", "sub_scanB", "sub_scanC"]
     assert all(c.modalities == ("flair",) for c in found.cases)
     assert [s.path.name for s in found.skipped] == ["notes.csv"]
 

@@ -113,12 +113,14 @@ def test_a_skull_stripped_scan_is_recognised_and_its_brain_kept(tiny_cohort, tmp
 def test_prepare_refuses_to_overwrite_and_reports_a_bad_case(raw_cohort, prepared, tmp_path):
     runner = CliRunner()
     again = runner.invoke(app, ["prepare", str(raw_cohort), "--out", str(prepared), "--spacing", str(SPACING)])
-    assert again.exit_code == 1 and "already prepared" in again.output
+    assert again.exit_code == 0 and again.output.count("kept (prepared before)") == 3  # a rerun keeps them
+    other = runner.invoke(app, ["prepare", str(raw_cohort), "--out", str(prepared), "--spacing", "4"])
+    assert other.exit_code == 2 and "with other options" in other.output
     broken = tmp_path / "raw" / "case_t1.nii.gz"
     broken.parent.mkdir()
     broken.write_bytes(b"not a nifti")
     bad = runner.invoke(app, ["prepare", str(broken.parent), "--out", str(tmp_path / "out")])
-    assert bad.exit_code == 1 and "not prepared" in bad.output
+    assert bad.exit_code == 2 and "not prepared" in bad.output
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,7 @@ def test_detect_keeps_an_oblique_input_grid(tiny_model, tiny_cohort, tmp_path):
         np.testing.assert_allclose(out.affine, source.affine, atol=1e-5)
     assert set(np.unique(np.asarray(nib.load(tmp_path / "mask.nii.gz").dataobj))) <= {0, 1}
     again = invoke("detect", oblique, "--model", tiny_model, "--out", tmp_path / "mask.nii.gz")
-    assert again.exit_code == 1 and "--overwrite" in again.stderr
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
 
 
 def test_detect_folder_with_a_corrupt_case_writes_the_rest(tiny_model, tiny_cohort, tmp_path):
@@ -93,7 +93,7 @@ def test_detect_folder_with_a_corrupt_case_writes_the_rest(tiny_model, tiny_coho
     broken = sorted(data.glob("*/*_t2.nii.gz"))[1]
     broken.write_bytes(broken.read_bytes()[:300])
     result = invoke("detect", data, "--model", tiny_model, "--out", tmp_path / "out")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input; the others written
     assert len(list((tmp_path / "out").glob("*_mask.nii.gz"))) == 5
     assert "1 of 6 case(s) failed" in result.stderr and broken.name in result.stderr
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
@@ -102,7 +102,7 @@ def test_detect_folder_with_a_corrupt_case_writes_the_rest(tiny_model, tiny_coho
 def test_detect_refuses_missing_modalities(tiny_model, tiny_cohort, tmp_path):
     flair = sorted(tiny_cohort.glob("*/*_flair.nii.gz"))[0]
     result = invoke("detect", "--flair", flair, "--model", tiny_model, "--out", tmp_path / "m.nii.gz")
-    assert result.exit_code == 1 and "trained on ['flair', 't1', 't1ce', 't2']" in result.stderr
+    assert result.exit_code == 2 and "trained on ['flair', 't1', 't1ce', 't2']" in result.stderr
     assert not (tmp_path / "m.nii.gz").exists()
 
 
@@ -166,7 +166,7 @@ def test_output_equal_to_an_input_is_refused(tiny_model, tiny_cohort, tmp_path):
     flair = next(case.glob("*_flair.nii.gz"))
     before = flair.read_bytes()
     result = invoke("detect", case, "--model", tiny_model, "--out", flair, "--overwrite")
-    assert result.exit_code == 1 and "output path equals an input" in result.stderr
+    assert result.exit_code == 2 and "output path equals an input" in result.stderr
     assert flair.read_bytes() == before
 
 
@@ -192,7 +192,7 @@ def test_a_failing_case_leaves_no_half_output_and_the_batch_goes_on(tiny_model, 
     monkeypatch.setattr(anomaly, "detect", detect)
     out = tmp_path / "out"
     result = invoke("detect", tiny_cohort, "--model", tiny_model, "--out", out)
-    assert result.exit_code == 1 and "2 of 6 case(s) failed" in result.stderr
+    assert result.exit_code == 1 and "2 of 6 case(s) failed" in result.stderr  # 1: one of them is a bug
     assert "disk full" in result.stderr and "unexpected RuntimeError: boom" in result.stderr
     names = {p.name for p in out.iterdir()}
     assert not {n for n in names if n.startswith(tuple(victims))}  # no mask left without its map

@@ -38,15 +38,37 @@ _IGNORED_NAMES = {"cohort.json", "prepare.json", "readme.md", "readme.txt", ".ds
 _IGNORED_FOLDERS = {"prepare"}
 
 
+class UnsafeCaseId(DataError):
+    """A case id that cannot name a file or folder of its own (outputs are named after the case)."""
+
+
+def check_case_id(case_id: str) -> str:
+    """``case_id`` when it is a plain name: outputs and prepared folders are named after it, so an id with a
+    path separator, ``.``/``..``, a leading dot or no characters could write (or remove) outside the output
+    folder. Raises :class:`UnsafeCaseId` naming the id."""
+    if not isinstance(case_id, str) or not case_id.strip():
+        raise UnsafeCaseId(f"case id {case_id!r} is empty")
+    if any(c in case_id for c in "/\\\0:") or case_id.startswith("."):
+        raise UnsafeCaseId(f"case id {case_id!r} is not a plain name (no '/', '\\', ':', NUL or leading '.'; "
+                           "outputs are named after it)")
+    return case_id
+
+
 @dataclass(frozen=True)
 class Case:
-    """One subject: modality name -> image path, the label path and brain mask path if any."""
+    """One subject: modality name -> image path, the label path and brain mask path if any.
+
+    ``id`` is a plain name (:func:`check_case_id`): every output of the case is named after it.
+    """
 
     id: str
     images: dict[str, Path]
     label: Path | None = None
     layout: str = "folder"
     brain: Path | None = None
+
+    def __post_init__(self) -> None:
+        check_case_id(self.id)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -176,9 +198,9 @@ def _parse_name(path: Path, root: Path, default_modality: str) -> tuple[str, str
         return m["id"], m["mod"].lower(), "brats2021"
     if m := _IXI.match(stem):
         return m["id"], m["mod"].lower(), "ixi"
-    # Any other file is a case of its own; its folder path keeps ids unique.
+    # Any other file is a case of its own; its folder path, joined by '_', keeps ids unique.
     relative = path.relative_to(root).parent / stem
-    return relative.as_posix(), default_modality, "folder"
+    return "_".join(relative.parts), default_modality, "folder"
 
 
 # ---------------------------------------------------------------- datalists
@@ -205,6 +227,8 @@ def _discover_datalist(path: Path) -> Discovery:
     for index, entry in enumerate(entries):
         try:
             cases.append(_datalist_case(entry, index, root, names))
+        except UnsafeCaseId as err:  # refused outright: outputs would be named after it
+            raise DataError(f"{path}: entry {index}: {err}") from None
         except DataError as err:
             skipped.append(Skipped(path, f"entry {index}: {err}"))
     return Discovery(root=root, cases=cases, skipped=skipped)

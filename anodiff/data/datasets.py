@@ -13,6 +13,7 @@ voxel at all.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,12 +22,22 @@ from typing import Any
 
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data.utils import pickle_hashing
 
-from anodiff.config import DataConfig
+from anodiff import __version__
+from anodiff.config import DataConfig, config_to_dict
 from anodiff.data.cases import Case
 from anodiff.data.slabs import Slab, axial_positions, in_slab
 from anodiff.data.slicestore import DiskSlices
-from anodiff.data.transforms import BRAIN, IMAGE, LABEL, anodiff_errors, case_item, preprocessing
+from anodiff.data.transforms import (
+    BRAIN,
+    CHAIN_VERSION,
+    IMAGE,
+    LABEL,
+    anodiff_errors,
+    case_item,
+    preprocessing,
+)
 from anodiff.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -52,11 +63,31 @@ def volume_dataset(
             log.info("%d case(s) have no label and count as healthy: %s", len(missing), ", ".join(missing[:5]))
     chain = preprocessing(cfg, with_label=with_label, spatial_dims=spatial_dims)
     if cfg.cache_dir is not None:
-        return PersistentDataset(items, transform=chain, cache_dir=cfg.cache_dir)
+        return PersistentDataset(items, transform=chain, cache_dir=cfg.cache_dir,
+                                 hash_func=cache_key(cfg, with_label=with_label, spatial_dims=spatial_dims))
     if not in_memory:
         return Dataset(items, transform=chain)
     # copy_cache=False: the chain is deterministic and readers never write into the cache.
     return CacheDataset(items, transform=chain, cache_rate=1.0, num_workers=0, progress=False, copy_cache=False)
+
+
+def cache_key(cfg: DataConfig, *, with_label: bool, spatial_dims: int):
+    """The disk cache's key of a :func:`case_item`: its paths, the chain's settings and anodiff's version, and
+    each file's size and modification time, so a changed setting or a replaced file is never served stale."""
+    chain = {"data": config_to_dict(cfg), "with_label": with_label, "spatial_dims": spatial_dims,
+             "anodiff": __version__, "chain_version": CHAIN_VERSION}
+    chain["data"].pop("cache_dir")
+    chain["data"].pop("slice_store")
+
+    def key(item: dict) -> bytes:
+        paths = [*item["images"].values(), *([item["label_path"]] if item.get("label_path") else [])]
+        stamps = []
+        for path in paths:
+            stat = os.stat(path) if os.path.exists(path) else None
+            stamps.append((path, stat.st_size, stat.st_mtime_ns) if stat else (path, None, None))
+        return pickle_hashing({"item": item, "chain": chain, "files": stamps})
+
+    return key
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -47,6 +46,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from anodiff import outputs
 from anodiff.data.lesions import LESION_MEANS, lesion_compartments, mass_effect, plan_lesions, rotation, smooth_field
 from anodiff.errors import DataError
 from anodiff.progress import Progress
@@ -290,15 +290,15 @@ def write_cohort(
         raise DataError(f"healthy fraction must be in [0, 1], got {healthy_fraction}")
     if unknown := set(kinds) - set(LESION_KINDS):
         raise DataError(f"unknown lesion kind(s) {sorted(unknown)}; choose from {', '.join(LESION_KINDS)}")
-    if out.exists() and any(out.iterdir()):
+    if not outputs.is_empty(out):
         if not overwrite:
             raise DataError(f"{out}: folder exists and is not empty (pass --overwrite to replace it)")
-        shutil.rmtree(out)
+        outputs.check_removable(out, what="cohort folder")
     plan = plan_kinds(num_cases, seed, healthy_fraction=healthy_fraction, kinds=() if healthy_only else kinds)
 
     staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    outputs.remove(staging)  # what a killed run left behind
+    outputs.mark(staging, "anodiff synth")
     infos = []
     for index, kind in enumerate(plan):
         case_id = f"synth_{seed:03d}_{index:04d}"
@@ -317,8 +317,7 @@ def write_cohort(
     meta = {"seed": seed, "spacing_mm": spacing_mm, "raw": raw, "modalities": list(modalities),
             "label_scheme": "brats2021", "cases": [asdict(i) for i in infos]}
     (staging / "cohort.json").write_text(json.dumps(meta, indent=2))
-    if out.exists():
-        out.rmdir()
+    outputs.remove(out, what="cohort folder")
     staging.rename(out)  # the cohort appears whole or not at all
     return infos
 

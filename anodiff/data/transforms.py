@@ -43,11 +43,16 @@ from monai.transforms import (
 
 from anodiff.config import DataConfig
 from anodiff.data.cases import Case
-from anodiff.errors import AnodiffError
-from anodiff.io import check_same_grid, read_images, read_volume
+from anodiff.errors import AnodiffError, DataError
+from anodiff.io import Volume, check_same_grid, read_images, read_volume
 
 IMAGE, LABEL, BRAIN = "image", "label", "brain"
 REFERENCE = "reference"  # the first modality's Volume as read: the grid outputs are written on
+# Bumped whenever the chain's code changes what it computes: the disk cache is keyed on it.
+CHAIN_VERSION = 2
+# More non-zero millilitres than any adult brain holds (1.1-1.8 l, cerebellum and ventricles included; the
+# synthetic subjects reach 2.2 l): a scan with more still has its skull on, or has no zero background.
+MAX_BRAIN_ML = 2500.0
 
 
 def case_item(case: Case, modalities: tuple[str, ...]) -> dict[str, Any]:
@@ -79,8 +84,9 @@ class LoadCased(MapTransform):
         meta = {"filename_or_obj": str(ref.path), "modalities": list(volumes)}
         affine = torch.as_tensor(ref.affine, dtype=torch.float64)
         out[IMAGE] = MetaTensor(torch.from_numpy(stack), affine=affine, meta=dict(meta))
-        out[BRAIN] = MetaTensor(torch.from_numpy((stack != 0).any(0, keepdims=True).astype(np.float32)),
-                                affine=affine.clone(), meta=dict(meta))
+        brain = (stack != 0).any(0, keepdims=True)
+        check_skull_stripped(ref, int(brain.sum()))
+        out[BRAIN] = MetaTensor(torch.from_numpy(brain.astype(np.float32)), affine=affine.clone(), meta=dict(meta))
         if self.keep_reference:  # detection only: a cache of training volumes must not hold full-size copies
             out[REFERENCE] = ref
         if data.get("label_path"):
@@ -88,6 +94,16 @@ class LoadCased(MapTransform):
             check_same_grid({**volumes, LABEL: label})
             out[LABEL] = MetaTensor(torch.from_numpy(label.data[None]), affine=affine.clone(), meta=dict(meta))
         return out
+
+
+def check_skull_stripped(reference: Volume, brain_voxels: int) -> None:
+    """Raise DataError when a case's non-zero region is larger than a brain: the chain reads skull-stripped
+    scans (0 outside the brain), and a head would be scored whole."""
+    brain_ml = brain_voxels * float(np.prod(reference.spacing_mm)) / 1000
+    if brain_ml > MAX_BRAIN_ML:
+        raise DataError(f"{reference.path}: {brain_ml:.0f} ml of non-zero voxels, more than any brain "
+                        f"({MAX_BRAIN_ML:.0f} ml at most): the scan is not skull-stripped; run `anodiff prepare` on "
+                        "it first, or use a model trained on prepared scans (it prepares raw scans itself)")
 
 
 MEDIAN_LEVEL = 0.4  # where "median" normalisation puts the brain's median: healthy tissue stays below ~0.8

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from anodiff.evaluation.html import to_html
 from anodiff.evaluation.plots import report_figures
-from anodiff.io import replaced_atomically
+from anodiff.outputs import replaced_atomically
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,12 @@ class Report:
         images = report_figures(self.figures, folder / "figures")
         cases = sorted(p for p in (folder / "overlays").glob("*.png")) if (folder / "overlays").is_dir() else []
         relative = lambda path: path.relative_to(folder).as_posix()  # noqa: E731
-        texts = {"report.json": json.dumps(self.figures, indent=2, default=float), "per_case.csv": self.to_csv(),
+        # report.json last: a folder holding it is a finished report (an interrupted evaluation is not).
+        texts = {"per_case.csv": self.to_csv(),
                  "summary.md": self.to_markdown({c: relative(p) for c, p in images.items()},
                                                 [relative(p) for p in cases]),
-                 "report.html": to_html(self, images, cases)}
+                 "report.html": to_html(self, images, cases),
+                 "report.json": json.dumps(self.figures, indent=2, default=float)}
         for name, text in texts.items():
             with replaced_atomically(folder / name) as tmp:
                 tmp.write_text(text, encoding="utf-8", newline="")

@@ -91,4 +91,4 @@ def save_detection_figures(folder: Path, case_id: str, result: Prediction, truth
     panels = [("reconstruction", ras(result.maps["reconstruction"][channel]) * brain, "gray", "", 1.0),
               ("anomaly map", ras(result.maps["score"]), "inferno", units, None)]
     spacing = ras_spacing(result.reference.affine, result.reference.spacing_mm)
-    save_case_figures(folder, case_id.replace("/", "_"), case_views(case_id, image, panels, outlines, brain, spacing))
+    save_case_figures(folder, case_id, case_views(case_id, image, panels, outlines, brain, spacing))

@@ -151,4 +151,4 @@ def save_segmentation_figures(folder: Path, case_id: str, result: Prediction, tr
     panels = [("fused probability", ras(result.maps["probability"][0]), "magma", "probability", 1.0),
               ("uncertainty", ras(result.maps["uncertainty"][0]), "viridis", uncertainty, None)]
     spacing = ras_spacing(result.reference.affine, result.reference.spacing_mm)
-    save_case_figures(folder, case_id.replace("/", "_"), case_views(case_id, image, panels, outlines, brain, spacing))
+    save_case_figures(folder, case_id, case_views(case_id, image, panels, outlines, brain, spacing))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from anodiff.data.cases import Case
 from anodiff.errors import DataError
+from anodiff.outputs import replaced_atomically
 from anodiff.prepare.case import Options, case_folder, prepare_case, read_record, reference_of, to_raw_grid
 from anodiff.progress import Progress
 
@@ -30,14 +31,20 @@ class Outcome:
     case: str
     folder: Path | None = None
     error: str | None = None
+    kept: bool = False  # prepared before, from the same files with the same options
 
 
 def prepare_cases(cases: list[Case], out: Path, options: Options = Options(), *, overwrite: bool = False,
                   progress: Progress | None = None) -> list[Outcome]:
     """Prepare every case into ``out``; a case already there is refused unless ``overwrite``."""
     options.check()
+    before = read_options(out)
+    if before is not None and before != options and not overwrite:
+        raise DataError(f"{out}: prepared with other options ({asdict(before)}); pass --overwrite to prepare its "
+                        "cases again with these")
     out.mkdir(parents=True, exist_ok=True)
-    (out / RECORD).write_text(json.dumps({"options": asdict(options)}, indent=2))
+    with replaced_atomically(out / RECORD) as tmp:
+        tmp.write_text(json.dumps({"options": asdict(options)}, indent=2))
     outcomes = []
     for done, case in enumerate(cases, start=1):
         outcomes.append(_one(case, out, options, overwrite))
@@ -49,13 +56,26 @@ def prepare_cases(cases: list[Case], out: Path, options: Options = Options(), *,
 def _one(case: Case, out: Path, options: Options, overwrite: bool) -> Outcome:
     target = case_folder(out, case)
     if target.exists() and not overwrite:
-        return Outcome(case.id, error=f"{target}: already prepared (pass --overwrite to replace it)")
+        # A case folder is renamed into place whole, so one that is there is complete: a rerun keeps it.
+        if _made_from(target) == ({m: str(p) for m, p in case.images.items()}, asdict(options)):
+            return Outcome(case.id, folder=target, kept=True)
+        return Outcome(case.id, error=f"{target}: already prepared, from other files or with other options "
+                                      "(pass --overwrite to replace it)")
     try:
         return Outcome(case.id, folder=prepare_case(case, out, options))
     except (DataError, RuntimeError, ValueError) as err:  # SimpleITK raises RuntimeError
         reason = " ".join(str(err).split())[:300]
         log.warning("case %s not prepared: %s", case.id, reason)
         return Outcome(case.id, error=reason)
+
+
+def _made_from(folder: Path) -> tuple[dict, dict] | None:
+    """(raw files by modality, options) a prepared case folder was made from; None when unreadable."""
+    try:
+        record = read_record(folder)
+        return record["raw"], record["options"]
+    except (DataError, KeyError, TypeError):
+        return None
 
 
 def preparation_record(root: Path) -> dict | None:

@@ -14,10 +14,12 @@ import SimpleITK as sitk
 from scipy import ndimage
 from skimage import filters
 
+from anodiff.data.transforms import MAX_BRAIN_ML
+
 # Millimetres from the carried boundary within which the scan's intensities decide.
 BAND_MM = 6.0
 # A skull-stripped scan: a brain-sized non-zero region on an exactly constant background.
-STRIPPED_ML = (700.0, 2300.0)
+STRIPPED_ML = (700.0, MAX_BRAIN_ML)
 STRIPPED_BACKGROUND = 0.4
 
 

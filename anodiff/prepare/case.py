@@ -20,7 +20,6 @@ computed on it can be resampled back onto the raw scan (:func:`to_raw_grid`).
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from anodiff import figures
+from anodiff import figures, outputs
 from anodiff.data.cases import Case
 from anodiff.errors import DataError
 from anodiff.io import Volume, read_volume, write_volume
@@ -75,16 +74,22 @@ def prepare_case(case: Case, out: Path, options: Options = Options()) -> Path:
     """
     options.check()
     folder = case_folder(out, case)
-    staging = folder.with_name(f".{folder.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "prepare").mkdir(parents=True)
+    outputs.check_removable(folder, what="prepared case folder")
+    staging, old = (folder.with_name(f".{folder.name}.{part}") for part in ("partial", "old"))
+    for leftover in (staging, old):  # what a killed run left behind
+        outputs.remove(leftover)
+    outputs.mark(staging, "anodiff prepare")
+    (staging / "prepare").mkdir()
     try:
         record = _prepare_into(case, staging, options)
         (staging / "prepare" / "prepare.json").write_text(json.dumps(record, indent=2))
-        shutil.rmtree(folder, ignore_errors=True)
+        # The old case is moved aside, not removed, until the new one is in place: a kill loses neither.
+        if folder.exists():
+            folder.rename(old)
         staging.rename(folder)
+        outputs.remove(old)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        outputs.remove(staging)
     return folder
 
 
@@ -136,7 +141,7 @@ def _write_outputs(case, folder, ref, scans, to_ref, grid_to_ref, grid, brain_ra
                    raw) -> tuple[np.ndarray, np.ndarray]:
     """Write the prepared case into ``folder``; returns the reference scan (whole head) and the brain on the
     prepared grid, (X, Y, Z), for the QC figure."""
-    cid = _safe_id(case.id)
+    cid = case.id
     brain = to_array(resample(sitk.Cast(brain_raw, sitk.sitkFloat32), grid, grid_to_ref)) > 0.5
     like = Volume(np.zeros(grid.GetSize(), np.uint8), affine_of(grid))
     for m, scan in scans.items():
@@ -207,8 +212,4 @@ def read_record(prepared: Path) -> dict:
 
 def case_folder(out: Path, case: Case) -> Path:
     """Where :func:`prepare_case` writes ``case`` under ``out``."""
-    return out / _safe_id(case.id)
-
-
-def _safe_id(case_id: str) -> str:
-    return case_id.replace("/", "_")
+    return out / case.id
