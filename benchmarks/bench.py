@@ -19,9 +19,10 @@ On one machine, in one run:
    runs it, with each speed-up on and off (the recipe, 2 passes, against DDIM-10; 2 threads against
    1), and the network's achieved FLOP/s against the machine's peak (``cpu_path.py``).
 
-Writes ``<out>/bench.json`` and ``<out>/bench.md``; the last line printed is the one
-summary: the 3-pass setting against DDIM-10 and the full chain, and the default recipe's
-detect seconds and share of peak.
+Writes ``<out>/bench.json`` and ``docs/results/bench.md``; the last line printed is the
+one summary: the recipes' map against DDIM-10 and the full chain, and the default
+recipe's detect seconds and share of peak. Trained models are reused only when their
+config, overrides and data match (:mod:`results`); every timing is measured afresh.
 
     python benchmarks/bench.py --out bench-output [--device cuda]
 """
@@ -39,8 +40,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results import ROOT, digest, trained, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "bench.yaml"
 LDM_SETTINGS = [  # the LDM recipe of configs/ldm_demo.yaml on the bench's budget
     "model.kind=ldm", "autoencoder.channels=[32,64]", "autoencoder.latent_channels=3",
@@ -49,15 +50,14 @@ LDM_SETTINGS = [  # the LDM recipe of configs/ldm_demo.yaml on the bench's budge
 
 ONE_STEP = ["sampler.kind=ddim_t0", "sampler.num_inference_steps=1"]
 LEVELS = ["anomaly.t0=100", "anomaly.extra_t0=[50,200]"]  # the recipes' three noise levels
-FEW_PASS = "3-pass: x0 at t0 50, 100, 200"
+RECIPE_MAP = "2-pass: an antithetic pair at t0 100, z-scored, centred and scaled (the recipes' map)"
 FEW_PASSES = {  # the frontier below DDIM-5: one-step x0 estimates, in the bench's scoring and in the recipes'
-    FEW_PASS: [*ONE_STEP, *LEVELS],
+    "3-pass: x0 at t0 50, 100, 200": [*ONE_STEP, *LEVELS],
     "1-pass: x0 at t0 250": [*ONE_STEP, "anomaly.extra_t0=[]"],
     "3-pass, z-scored, centred and scaled (the recipes' map before antithetic pairs)": [
         *ONE_STEP, *LEVELS, "anomaly.score=zscore", "anomaly.centre=true", "anomaly.scale=true"],
-    "2-pass: an antithetic pair at t0 100, z-scored, centred and scaled (the recipes' map)": [
-        *ONE_STEP, "anomaly.t0=100", "anomaly.extra_t0=[]", "anomaly.antithetic=true", "anomaly.score=zscore",
-        "anomaly.centre=true", "anomaly.scale=true"],
+    RECIPE_MAP: [*ONE_STEP, "anomaly.t0=100", "anomaly.extra_t0=[]", "anomaly.antithetic=true",
+                 "anomaly.score=zscore", "anomaly.centre=true", "anomaly.scale=true"],
 }
 DEFAULT = "the recipe (default)"
 BEFORE = ("sampler.kind=ddim", "sampler.num_inference_steps=10", "anomaly.t0=250", "anomaly.extra_t0=[]")
@@ -70,7 +70,7 @@ PEAK_OF = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdou
            "_, status, usage = os.wait4(p.pid, 0); print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)")
 
 
-def run(*command: str) -> dict:
+def timed(*command: str) -> dict:
     """Run a command; returns its wall time and peak resident memory (the command alone)."""
     print(f"$ {shlex.join(command)}", flush=True)
     start = time.perf_counter()
@@ -83,29 +83,27 @@ def run(*command: str) -> dict:
 
 def cohorts(anodiff: str, out: Path) -> None:
     if not (out / "train" / "cohort.json").is_file():
-        run(anodiff, "-q", "synth", "--out", str(out / "train"), "--cases", "6", "--seed", "11", "--spacing", "2.5",
-            "--healthy-only", "--overwrite")
+        timed(anodiff, "-q", "synth", "--out", str(out / "train"), "--cases", "6", "--seed", "11", "--spacing",
+              "2.5", "--healthy-only", "--overwrite")
     if not (out / "test" / "cohort.json").is_file():
-        run(anodiff, "-q", "synth", "--out", str(out / "test"), "--cases", "6", "--seed", "12", "--spacing", "2.5",
-            "--healthy-fraction", "0.17", "--overwrite")
+        timed(anodiff, "-q", "synth", "--out", str(out / "test"), "--cases", "6", "--seed", "12", "--spacing",
+              "2.5", "--healthy-fraction", "0.17", "--overwrite")
 
 
-def train(anodiff: str, out: Path, name: str, device: str, settings: list[str]) -> dict:
-    model = out / name
-    if not (model / "meta.json").is_file():
-        run(anodiff, "-q", "train", "--data", str(out / "train"), "--config", str(CONFIG), "--out", str(model),
-            "--device", device, "--overwrite", *settings)
+def train(out: Path, device: str, settings: list[str]) -> tuple[Path, dict]:
+    """The bench model of ``settings`` (reused when config, settings and data match) and its training figures."""
+    model = trained(CONFIG, settings, out / "train", out, "--device", device)
     meta = json.loads((model / "meta.json").read_text())
     stages = {"diffusion": meta["training"]}
     if "training" in meta.get("autoencoder", {}):
         stages["autoencoder"] = meta["autoencoder"]["training"]
-    return stages
+    return model, stages
 
 
-def evaluate(anodiff: str, out: Path, model: str, label: str, device: str, settings: list[str]) -> dict:
+def evaluate(anodiff: str, out: Path, model: Path, label: str, device: str, settings: list[str]) -> dict:
     report_dir = out / "reports" / label
-    usage = run(anodiff, "-q", "evaluate", "--model", str(out / model), "--data", str(out / "test"), "--out",
-                str(report_dir), "--device", device, *settings)
+    usage = timed(anodiff, "-q", "evaluate", "--model", str(model), "--data", str(out / "test"), "--out",
+                  str(report_dir), "--device", device, "--overwrite", *settings)
     report = json.loads((report_dir / "report.json").read_text())
     m = report["methods"]["anodiff"]
     return {"method": label, "network_evals_per_slice": report["network_evals_per_slice"],
@@ -124,8 +122,8 @@ def brats_sized_case(anodiff: str, out: Path) -> Path:
     case = out / "brats_sized" / "bsz_000"
     if case.is_dir():
         return case
-    run(anodiff, "-q", "synth", "--out", str(out / "brats_sized_src"), "--cases", "1", "--seed", "13",
-        "--spacing", "1", "--healthy-fraction", "0", "--overwrite")
+    timed(anodiff, "-q", "synth", "--out", str(out / "brats_sized_src"), "--cases", "1", "--seed", "13",
+          "--spacing", "1", "--healthy-fraction", "0", "--overwrite")
     source = next(p for p in (out / "brats_sized_src").iterdir() if p.is_dir())
     case.mkdir(parents=True)
     for path in sorted(source.glob("*.nii.gz")):
@@ -176,7 +174,7 @@ def untrained_model(out: Path, name: str, config_path: Path, case_dir: Path, ove
     from anodiff.modelfolder import TrainedModel, save_model
     from anodiff.models import build_network
 
-    folder = out / name
+    folder = out / f"{name}-{digest(config_to_dict(load_config(config_path, overrides)), str(case_dir))}"
     if (folder / "meta.json").is_file():
         return folder
     config = load_config(config_path, overrides)
@@ -214,8 +212,8 @@ def detect_speed(anodiff: str, out: Path, case: Path, device: str) -> dict:
         config = load_config(model / "config.yaml")
         passes = passes_per_input(config) * num_slices_run(prepare(found, tuple(sorted(found.images)), config.data),
                                                            config)
-        command = run(anodiff, "-q", "detect", str(case), "--model", str(model), "--out",
-                      str(out / "masks" / f"{model.name}.nii.gz"), "--device", device, "--overwrite")
+        command = timed(anodiff, "-q", "detect", str(case), "--model", str(model), "--out",
+                        str(out / "masks" / f"{model.name}.nii.gz"), "--device", device, "--overwrite")
         split = detect_split(model, case, device)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -242,18 +240,19 @@ def main() -> None:
     began = time.perf_counter()
     cohorts(anodiff, out)
 
-    training = {"ddpm": train(anodiff, out, "ddpm", device, []),
-                "ldm": train(anodiff, out, "ldm", device, LDM_SETTINGS)}
-    rows = [evaluate(anodiff, out, "ddpm", "DDPM full reverse", device, ["sampler.kind=ddpm"])]
-    rows += [evaluate(anodiff, out, "ddpm", f"DDIM-{k}", device, [f"sampler.num_inference_steps={k}"])
+    ddpm, ddpm_training = train(out, device, [])
+    ldm, ldm_training = train(out, device, LDM_SETTINGS)
+    training = {"ddpm": ddpm_training, "ldm": ldm_training}
+    rows = [evaluate(anodiff, out, ddpm, "DDPM full reverse", device, ["sampler.kind=ddpm"])]
+    rows += [evaluate(anodiff, out, ddpm, f"DDIM-{k}", device, [f"sampler.num_inference_steps={k}"])
              for k in args.steps]
-    rows.append(evaluate(anodiff, out, "ddpm", "DDIM-10, eta 0 (deterministic)", device,
+    rows.append(evaluate(anodiff, out, ddpm, "DDIM-10, eta 0 (deterministic)", device,
                          ["sampler.num_inference_steps=10", "sampler.eta=0"]))
-    rows += [evaluate(anodiff, out, "ddpm", label, device, settings) for label, settings in FEW_PASSES.items()]
-    rows.append(evaluate(anodiff, out, "ldm", "LDM DDIM-10", device, ["sampler.num_inference_steps=10"]))
+    rows += [evaluate(anodiff, out, ddpm, label, device, settings) for label, settings in FEW_PASSES.items()]
+    rows.append(evaluate(anodiff, out, ldm, "LDM DDIM-10", device, ["sampler.num_inference_steps=10"]))
 
     case = brats_sized_case(anodiff, out)
-    splits = {"bench DDPM (DDIM-10)": detect_split(out / "ddpm", case, device)}
+    splits = {"bench DDPM (DDIM-10)": detect_split(ddpm, case, device)}
     cpu = machine(device).startswith("CPU")
     gpu_recipe = untrained_model(out, "ddpm2d-recipe-untrained", ROOT / "configs" / "ddpm2d.yaml", case,
                                  ["anomaly.extra_t0=[]"] if cpu else [], device)  # one pass on a CPU: ~2 min
@@ -263,10 +262,13 @@ def main() -> None:
 
     results = {"machine": machine(device), "rows": rows, "training": training, "detect_split": splits,
                "detect_speed": speed, "seconds": time.perf_counter() - began}
-    table = markdown(results)
+    table = markdown(results) + "\nThe one summary line it printed:\n\n    " + summary_line(results) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(results, indent=2))
-    (out / "bench.md").write_text(table)
+    write_results("bench", "Speed and quality: samplers, LDM, training throughput, anodiff detect on a BraTS-sized "
+                  "case (make bench)", table, configs=[CONFIG, ROOT / "configs" / "brats_cpu.yaml",
+                                                        ROOT / "configs" / "ddpm2d.yaml"],
+                  minutes=results["seconds"] / 60)
     print("\n" + table)
     print(summary_line(results))
 
@@ -274,9 +276,9 @@ def main() -> None:
 def summary_line(results: dict) -> str:
     """The one line the README quotes: the default's speed and quality against DDIM-10 and the full chain."""
     rows = {r["method"]: r for r in results["rows"]}
-    full, ddim10, few = rows["DDPM full reverse"], rows["DDIM-10"], rows[FEW_PASS]
+    full, ddim10, few = rows["DDPM full reverse"], rows["DDIM-10"], rows[RECIPE_MAP]
     default = results["detect_speed"]["rows"][DEFAULT]
-    return (f"3-pass vs DDIM-10: AUPRC {few['auprc'] - ddim10['auprc']:+.3f}, best Dice "
+    return (f"the recipes' 2-pass map vs DDIM-10: AUPRC {few['auprc'] - ddim10['auprc']:+.3f}, best Dice "
             f"{few['dice_best_possible'] - ddim10['dice_best_possible']:+.3f}; "
             f"{full['seconds_per_volume'] / few['seconds_per_volume']:.0f}x faster than the full chain; "
             f"default real-data recipe: anodiff detect on 240x240x155x4 in {default['command_s']:.1f} s end to end, "

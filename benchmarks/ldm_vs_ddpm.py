@@ -1,35 +1,27 @@
 """LDM vs DDPM at the same training budget, on the demo's synthetic cohorts, measured in one run.
 
-Trains (or, with ``--reuse``, keeps finished) a pixel DDPM (configs/demo.yaml) and a
-latent diffusion model (configs/ldm_demo.yaml: the same denoiser, steps and
+Trains (or keeps a finished model of the same config and data) a pixel DDPM
+(configs/demo.yaml) and a latent diffusion model (configs/ldm_demo.yaml: the same denoiser, steps and
 detection settings, plus an autoencoder trained first for as many steps), then
 evaluates both on the same test cohort and prints one table: Dice at the three
 thresholds, AUROC, AUPRC, detect seconds per volume, network passes per slice and
 training time, with the autoencoder's held-out reconstruction error (it bounds
-what the LDM can see). Writes ``<out>/ldm_vs_ddpm.json`` and ``.md``.
+what the LDM can see). Writes ``<out>/ldm_vs_ddpm.json`` and ``docs/results/ldm_vs_ddpm.md``.
 
-    python benchmarks/ldm_vs_ddpm.py --out demo-output
+    python benchmarks/ldm_vs_ddpm.py --out runs/ldm-vs-ddpm
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from results import ROOT, anodiff_command, evaluated, run, trained, write_results
+
+CONFIGS = ROOT / "configs"
 METHODS = {"ddpm": CONFIGS / "demo.yaml", "ldm": CONFIGS / "ldm_demo.yaml"}
-
-
-def run(*command: str) -> float:
-    print(f"\n$ {shlex.join(command)}", flush=True)
-    start = time.perf_counter()
-    subprocess.run(command, check=True)
-    return time.perf_counter() - start
 
 
 def ensure_cohorts(anodiff: str, out: Path) -> None:
@@ -44,21 +36,15 @@ def ensure_cohorts(anodiff: str, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("demo-output"))
-    parser.add_argument("--reuse", action="store_true", help="keep a model folder that is already complete")
+    parser.add_argument("--out", type=Path, default=Path("runs/ldm-vs-ddpm"))
     args = parser.parse_args()
-    anodiff = str(Path(sys.executable).with_name("anodiff"))
     out = args.out
-    ensure_cohorts(anodiff, out)
+    start = time.perf_counter()
+    ensure_cohorts(anodiff_command(), out)
     rows = {}
     for name, config in METHODS.items():
-        model = out / f"bench-{name}"
-        if not (args.reuse and (model / "meta.json").is_file()):
-            run(anodiff, "train", "--data", str(out / "train"), "--config", str(config), "--out", str(model),
-                "--overwrite")
-        run(anodiff, "evaluate", "--model", str(model), "--data", str(out / "test"), "--out",
-            str(out / f"bench-{name}-report"))
-        report = json.loads((out / f"bench-{name}-report" / "report.json").read_text())
+        model = trained(config, (), out / "train", out)
+        report = evaluated(model, out / "test", (), out)
         meta = json.loads((model / "meta.json").read_text())
         rows[name] = {"report": report["methods"]["anodiff"], "baseline": report["methods"]["flair threshold"],
                       "seconds_per_volume": report["seconds_per_volume"],
@@ -66,7 +52,8 @@ def main() -> None:
                       "train_seconds": meta["training"]["seconds_this_run"], "autoencoder": meta.get("autoencoder")}
     (out / "ldm_vs_ddpm.json").write_text(json.dumps(rows, indent=2))
     table = markdown(rows)
-    (out / "ldm_vs_ddpm.md").write_text(table)
+    write_results("ldm_vs_ddpm", "LDM against DDPM at the demo's budget, on the demo's cohorts", table,
+                  configs=list(METHODS.values()), minutes=(time.perf_counter() - start) / 60)
     print("\n" + table)
 
 

@@ -14,31 +14,30 @@ held-out healthy data; levers that change training train their own model. Every
 figure is measured here; thresholds never see a label. Per data set the table
 gives per-case and mean AUROC, AUPRC, best possible Dice and calibrated Dice, the
 healthy floor (residual p99 and SSIM on held-out healthy brain), network passes
-per slice and seconds per volume. A model folder that is already complete is
-reused, so an interrupted run continues.
+per slice and seconds per volume. Model and report folders are named by a digest
+of what they depend on (:mod:`results`), so a rerun reuses exactly what matches
+and an interrupted run continues. Each data set's table is written to
+``docs/results/real_quality_<set>.md``.
 
-    python benchmarks/real_quality.py --brats ../shared/data/brats2015-sample --out runs/real-quality
+    python benchmarks/real_quality.py --sets brats --variants 1 --out runs/real-quality
     python benchmarks/real_quality.py --sets synth-2mm --out runs/real-quality
-    python benchmarks/real_quality.py --sets synth-1mm --variants 0 1 --out runs/real-quality
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from results import ROOT, anodiff_command, evaluated, run, trained, write_results
 
 from anodiff.config import config_to_dict, load_config
 from anodiff.data.cases import link_cases
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = ROOT / "configs"
 FIGURES = ("auroc", "auprc", "dice_best_possible", "dice_calibrated")
 
 # The defaults before this benchmark's levers, as overrides of today's configs.
@@ -105,11 +104,6 @@ VARIANTS = (
 )
 
 
-def run(*command: str) -> None:
-    print(f"$ {shlex.join(command)}", flush=True)
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-
-
 def brats_folds(data: Path, out: Path) -> list[tuple[str, Path, Path]]:
     """Leave one case out: (held-out case, training folder, test folder)."""
     cases = sorted(p for p in data.iterdir() if p.is_dir())
@@ -117,29 +111,14 @@ def brats_folds(data: Path, out: Path) -> list[tuple[str, Path, Path]]:
              link_cases([held_out], out / held_out.name / "test")) for held_out in cases]
 
 
-def synthetic_folds(anodiff: str, spacing: float, out: Path) -> list[tuple[str, Path, Path]]:
+def synthetic_folds(spacing: float, out: Path) -> list[tuple[str, Path, Path]]:
     """The demo's cohorts (8 healthy training subjects, 12 test subjects) at ``spacing`` mm."""
     cohorts = (("train", 8, 1, ["--healthy-only"]), ("test", 12, 2, ["--healthy-fraction", "0.17"]))
     for part, cases, seed, extra in cohorts:
         if not (out / part / "cohort.json").exists():
-            run(anodiff, "synth", "--out", str(out / part), "--cases", str(cases), "--seed", str(seed),
+            run(anodiff_command(), "synth", "--out", str(out / part), "--cases", str(cases), "--seed", str(seed),
                 "--spacing", str(spacing), "--overwrite", *extra)
     return [("cohort", out / "train", out / "test")]
-
-
-def trained(anodiff: str, train: Path, config: Path, overrides: tuple[str, ...], model: Path) -> Path:
-    """A model folder for these training overrides; one already complete is reused."""
-    meta = model / "meta.json"
-    if not (meta.exists() and "threshold" in json.loads(meta.read_text())):
-        run(anodiff, "-q", "train", "--data", str(train), "--config", str(config), "--out", str(model),
-            "--overwrite", *overrides)
-    return model
-
-
-def training_recipe(config: Path, overrides: tuple[str, ...]) -> str:
-    """What a model trained with ``overrides`` depends on: every section but the scoring ones."""
-    raw = config_to_dict(load_config(config, overrides))
-    return json.dumps({k: v for k, v in raw.items() if k not in ("anomaly", "sampler")}, sort_keys=True, default=str)
 
 
 def scoring_settings(config: Path) -> tuple[str, ...]:
@@ -148,14 +127,6 @@ def scoring_settings(config: Path) -> tuple[str, ...]:
     raw = config_to_dict(load_config(config))
     return tuple(f"{section}.{key}={json.dumps(value)}" for section in ("sampler", "anomaly")
                  for key, value in raw[section].items() if key != "threshold")
-
-
-def evaluated(anodiff: str, model: Path, test: Path, overrides: tuple[str, ...], out: Path) -> dict:
-    """``anodiff evaluate`` with scoring overrides (recalibrated); its report.json, reused when present."""
-    report = out / "report.json"
-    if not report.exists():
-        run(anodiff, "-q", "evaluate", "--model", str(model), "--data", str(test), "--out", str(out), *overrides)
-    return json.loads(report.read_text())
 
 
 def row(report: dict, method: str) -> dict[str, float]:
@@ -186,30 +157,19 @@ def table(name: str, rows: list[tuple[str, str, dict[str, float]]], seconds: flo
     return "\n".join(lines)
 
 
-def model_number(config: Path, training: tuple[str, ...]) -> int:
-    """The folder number of a training recipe: its place among the distinct recipes of VARIANTS, so a run of
-    a few variants reuses (and adds to) the models of a run of all."""
-    recipes = list(dict.fromkeys(training_recipe(config, v.training) for v in VARIANTS))
-    return recipes.index(training_recipe(config, training))
-
-
-def benchmark(anodiff: str, name: str, folds, config: Path, out: Path, chosen: list[int] | None = None) -> str:
+def benchmark(name: str, folds, config: Path, out: Path, chosen: list[int] | None = None) -> str:
     """The ``chosen`` variants (indices into VARIANTS; None: all) on every fold of one data set, variant by
     variant (a table printed after each); its table."""
     start = time.perf_counter()
     rows, baselines = [], {}
-    models: dict[tuple[str, str], Path] = {}  # by fold and training recipe: one model per distinct recipe
     for index, variant in enumerate(VARIANTS):
         if chosen is not None and index not in chosen:
             continue
         for case, train, test in folds:
-            key = (case, training_recipe(config, variant.training))
-            if key not in models:
-                folder = out / case / f"model-{model_number(config, variant.training)}"
-                models[key] = trained(anodiff, train, config, variant.training, folder)
+            model = trained(config, variant.training, train, out / case)
             scoring = with_setting(variant.scoring if variant.scoring is not None else scoring_settings(config),
                                    *variant.on_top)
-            report = evaluated(anodiff, models[key], test, scoring, out / case / f"report-{index}")
+            report = evaluated(model, test, scoring, out / case)
             rows.append((variant.name, case, row(report, "anodiff")))
             baseline = next(m for m in report["methods"] if m != "anodiff")
             baselines[case] = row(report, baseline) | {"passes": np.nan, "seconds": np.nan, "floor_p99": np.nan,
@@ -222,26 +182,24 @@ def benchmark(anodiff: str, name: str, folds, config: Path, out: Path, chosen: l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/real-quality"))
-    parser.add_argument("--brats", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
-                        / "brats2015-sample")
+    parser.add_argument("--brats", type=Path, default=ROOT.parent / "shared" / "data" / "brats2015-sample")
     parser.add_argument("--sets", nargs="+", default=["brats", "synth-2mm", "synth-1mm"],
                         choices=["brats", "synth-2mm", "synth-1mm"])
     parser.add_argument("--variants", nargs="+", type=int, help="rows to run, by their place in VARIANTS "
                         f"(0-{len(VARIANTS) - 1}; default: all)")
     args = parser.parse_args()
-    anodiff = str(Path(sys.executable).with_name("anodiff"))
-    start = time.perf_counter()
-    tables = []
     for name in args.sets:
+        start = time.perf_counter()
         folder = args.out / name
         if name == "brats":
             folds, config = brats_folds(args.brats, folder), CONFIGS / "brats_cpu.yaml"
+            title = f"Anomaly-map levers on the BraTS sample ({args.brats.name}), leave one case out"
         else:
-            folds, config = synthetic_folds(anodiff, float(name.split("-")[1][:-2]), folder), CONFIGS / "demo.yaml"
-        tables.append(benchmark(anodiff, name, folds, config, folder, args.variants))
-        (args.out / "summary.md").write_text("\n\n".join(tables) + "\n", encoding="utf-8")
-    print("\n\n".join(tables))
-    print(f"\nreal_quality finished in {(time.perf_counter() - start) / 60:.0f} min: {args.out / 'summary.md'}")
+            folds, config = synthetic_folds(float(name.split("-")[1][:-2]), folder), CONFIGS / "demo.yaml"
+            title = f"Anomaly-map levers on the synthetic cohort at {name.split('-')[1]}"
+        result = benchmark(name, folds, config, folder, args.variants)
+        write_results(f"real_quality_{name}", title, result, configs=[config],
+                      minutes=(time.perf_counter() - start) / 60)
 
 
 if __name__ == "__main__":
