@@ -90,12 +90,14 @@ def portable(text: str) -> str:
 
 
 def commit() -> str:
-    """The checkout's commit, ``+changes`` when tracked files differ from it."""
+    """The checkout's commit, ``+changes`` when tracked files (other than the results) differ from it."""
     try:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=10", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        # What the benchmarks write themselves (the README's tables, docs/results/) does not count as a change.
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":!README.md", ":!docs/results"], capture_output=True, text=True,
+                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return head + (" +changes" if dirty else "")
@@ -130,7 +132,7 @@ def write_results(name: str, title: str, body: str, *, configs: list[Path], minu
               ""]
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.md"
-    path.write_text("\n".join(header) + portable(body).rstrip() + "\n", encoding="utf-8")
+    path.write_text("\n".join(header) + "\n" + portable(body).rstrip() + "\n", encoding="utf-8")
     print(f"wrote {os.path.relpath(path, ROOT)}", flush=True)
     return path
 

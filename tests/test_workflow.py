@@ -29,6 +29,8 @@ def test_model_folder_contract(tiny_model):
     meta = json.loads((tiny_model / "meta.json").read_text())
     assert meta["modalities"] == ["flair", "t1", "t1ce", "t2"]
     assert meta["threshold"] > 0 and meta["baseline_threshold"] > 0
+    assert meta["baseline_thresholds"] == {"flair": meta["baseline_threshold"]}  # a model with FLAIR: one baseline
+    assert set(meta["sensitivity"]) == {"kinds", "sizes", "all", "healthy_voxels"}
     assert set(meta["versions"]) == {"anodiff", "torch", "monai"}
     assert meta["training_data"]["calibration_cases"]
     assert meta["training"]["samples_per_s"] > 0 and 0 <= meta["training"]["data_wait_fraction"] < 1

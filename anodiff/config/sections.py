@@ -141,10 +141,18 @@ class SchedulerConfig:
     # The denoiser trains on noise levels t < train_t_max (None: all). Detection reads reconstructions at its
     # t0 levels only, so training on the levels above them spends steps the score never uses.
     train_t_max: int | None = None
+    # Masked noising (patched DDPM, Behrendt et al. 2023): the image is cut into square cells of this many pixels,
+    # in two checkerboard groups. Training noises one group of half of each batch and learns to denoise it from the
+    # clean other (the rest of the batch is noised whole); detection reconstructs the anomaly.masked_levels each
+    # group from the other in turn (twice the passes), so a lesion is filled in from the healthy tissue around it
+    # instead of being copied. None: always the whole image.
+    noise_cell_px: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_train_timesteps < 2:
             raise ConfigError(f"scheduler.num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
+        if self.noise_cell_px is not None and self.noise_cell_px < 2:
+            raise ConfigError(f"scheduler.noise_cell_px must be at least 2 pixels, got {self.noise_cell_px}")
         if self.train_t_max is not None and not 1 <= self.train_t_max <= self.num_train_timesteps:
             raise ConfigError(f"scheduler.train_t_max must be in [1, num_train_timesteps "
                               f"({self.num_train_timesteps})], got {self.train_t_max}")
@@ -193,6 +201,11 @@ class TrainConfig:
     # Mirror a random half of each training batch left to right (pixel-space models): a few training subjects
     # show the network twice the anatomy.
     mirror: bool = False
+    # What counts as healthy in labelled cases, for training and calibration alike: "slices", the axial slices
+    # without a label voxel; "margin" (2D pixel-space DDPMs), every slice's brain farther than label_margin_mm
+    # from the label, so mid-brain anatomy is learned too (the loss is masked to it). Uses training labels only.
+    healthy_tissue: Literal["slices", "margin"] = "slices"
+    label_margin_mm: float = 10.0
 
     def __post_init__(self) -> None:
         if self.num_steps < 1 or self.batch_size < 1:
@@ -203,6 +216,13 @@ class TrainConfig:
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"train.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.label_margin_mm < 0:
+            raise ConfigError(f"train.label_margin_mm must be >= 0, got {self.label_margin_mm}")
+
+    @property
+    def margin_mm(self) -> float | None:
+        """The margin kept from a label when healthy tissue is taken by margin, else None (healthy slices)."""
+        return self.label_margin_mm if self.healthy_tissue == "margin" else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,6 +231,9 @@ class AnomalyConfig:
 
     t0: int = 250  # noise level the scan is noised to, out of num_train_timesteps
     extra_t0: tuple[int, ...] = ()  # further noise levels; the residuals of all levels are averaged
+    # Further levels reconstructed cell by cell, each checkerboard group filled in from the other (masked noising:
+    # needs a model trained with scheduler.noise_cell_px).
+    masked_levels: tuple[int, ...] = ()
     num_draws: int = 1  # reconstructions averaged per noise level (different noise draws)
     # Each draw's noise eps used twice, as eps and -eps (antithetic draws): the part of the reconstruction's
     # error that follows the noise linearly cancels in their mean. Twice the passes per draw.
@@ -220,6 +243,10 @@ class AnomalyConfig:
     # are combined by their "mean" or their "max" (a lesion seen in one contrast is then not diluted).
     score: Literal["residual", "zscore"] = "zscore"
     combine: Literal["mean", "max"] = "mean"
+    # How the noise levels meet: "reconstruction", their reconstructions averaged, then scored once; "max" or
+    # "mean", each level scored apart (its own healthy statistics, centring and scaling), then the maps combined.
+    # A high level heals a large lesion that a low one copies; a low level keeps the anatomy a high one blurs.
+    combine_levels: Literal["reconstruction", "max", "mean"] = "reconstruction"
     # zscore: subtract each scan's median signed z-score in the brain, per modality, so that a whole-scan offset
     # from the calibration scans (its intensity scaling, a large lesion moving the normalisation) is not scored.
     centre: bool = True
@@ -236,8 +263,17 @@ class AnomalyConfig:
 
     @property
     def levels(self) -> tuple[int, ...]:
-        """Every noise level the scan is reconstructed from: ``t0``, then ``extra_t0``."""
-        return (self.t0, *self.extra_t0)
+        """Every noise level the scan is reconstructed from: ``t0``, ``extra_t0``, then ``masked_levels``."""
+        return (self.t0, *self.extra_t0, *self.masked_levels)
+
+    def is_masked(self, index: int) -> bool:
+        """Whether the ``index``-th of :attr:`levels` is reconstructed cell by cell."""
+        return index >= 1 + len(self.extra_t0)
+
+    @property
+    def levels_apart(self) -> bool:
+        """Whether each noise level is scored on its own (``combine_levels`` max or mean)."""
+        return self.combine_levels != "reconstruction" and len(self.levels) > 1
 
     @property
     def draws_per_level(self) -> int:

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.data.utils import pickle_hashing
+from scipy import ndimage
 
 from anodiff import __version__
 from anodiff.config import DataConfig, config_to_dict
@@ -32,6 +34,7 @@ from anodiff.data.slicestore import DiskSlices
 from anodiff.data.transforms import (
     BRAIN,
     CHAIN_VERSION,
+    HEALTHY,
     IMAGE,
     LABEL,
     anodiff_errors,
@@ -96,6 +99,22 @@ class SliceRef:
     z: int
 
 
+def away_from_label(brain: torch.Tensor, label: torch.Tensor | None, spacing_mm, margin_mm: float) -> torch.Tensor:
+    """The brain (1, H, W, D) bool, less every voxel within ``margin_mm`` of a label voxel (3D, in mm on a grid of
+    ``spacing_mm``): the healthy tissue of a labelled case, mid-brain anatomy included."""
+    inside = brain > 0
+    if label is None or not (label > 0).any():
+        return inside
+    distance = ndimage.distance_transform_edt(~(label[0] > 0).numpy(), sampling=spacing_mm)
+    return inside & torch.from_numpy(distance > margin_mm)[None]
+
+
+def grid_spacing(image) -> tuple[float, float, float]:
+    """Voxel spacing (mm) of a preprocessed volume, from the affine the chain left on its MetaTensor."""
+    affine = np.asarray(image.affine, dtype=float)
+    return tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+
+
 def select_slices(volume: dict[str, Any], cfg: DataConfig, *, healthy_only: bool,
                   drop: Slab | None = None) -> list[int]:
     """Axial indices z of one preprocessed volume that a 2D data set keeps.
@@ -103,7 +122,8 @@ def select_slices(volume: dict[str, Any], cfg: DataConfig, *, healthy_only: bool
     A slice is kept when its brain area is at least ``cfg.min_brain_fraction`` of
     the slice, it lies within ``cfg.slice_range`` of the brain's axial extent,
     outside the ``drop`` slab (:mod:`anodiff.data.slabs`) and, with ``healthy_only``,
-    it has no label voxel.
+    it has no label voxel; or, when the volume holds its ``healthy`` tissue (tissue away
+    from the label), enough of that tissue.
     """
     brain = volume[BRAIN][0] > 0  # (X, Y, Z)
     area = brain.sum(dim=(0, 1)).float() / (brain.shape[0] * brain.shape[1])
@@ -117,7 +137,10 @@ def select_slices(volume: dict[str, Any], cfg: DataConfig, *, healthy_only: bool
     keep = torch.zeros_like(area, dtype=torch.bool)
     keep[lo:hi] = True
     keep &= area >= cfg.min_brain_fraction
-    if healthy_only and LABEL in volume:
+    if HEALTHY in volume:
+        keep &= (volume[HEALTHY][0] > 0).sum(dim=(0, 1)).float() / (brain.shape[0] * brain.shape[1]) \
+            >= cfg.min_brain_fraction
+    elif healthy_only and LABEL in volume:
         keep &= (volume[LABEL][0] > 0).sum(dim=(0, 1)) == 0
     if drop is not None:
         keep &= ~torch.from_numpy(in_slab(axial_positions(brain.numpy(), 2), drop))
@@ -131,6 +154,9 @@ class SliceDataset(torch.utils.data.Dataset):
     ``label`` (1, H, W) in {0, 1} (whole lesion; zeros for unlabelled cases), or
     with ``regions`` (R, H, W), one channel per region (the label values it holds),
     ``case_id`` and ``z``. ``drop``: per case id, an axial slab whose slices are left out.
+    With ``margin_mm`` (healthy data from labelled cases), every slice with enough brain
+    farther than ``margin_mm`` from the label is kept, and the item holds that tissue as
+    ``healthy`` (1, H, W) in {0, 1}: what a training loss may learn from.
     """
 
     def __init__(
@@ -142,6 +168,7 @@ class SliceDataset(torch.utils.data.Dataset):
         healthy_only: bool,
         regions: tuple[tuple[int, ...], ...] | None = None,
         drop: dict[str, Slab] | None = None,
+        margin_mm: float | None = None,
         progress: Progress | None = None,
     ) -> None:
         self.cases = list(cases)
@@ -161,6 +188,9 @@ class SliceDataset(torch.utils.data.Dataset):
             with anodiff_errors():
                 item = cached[index]
             volume = {k: torch.as_tensor(v).float() for k, v in item.items() if k in (IMAGE, BRAIN, LABEL)}
+            if margin_mm is not None:
+                volume[HEALTHY] = away_from_label(volume[BRAIN], volume.get(LABEL), grid_spacing(item[IMAGE]),
+                                                  margin_mm).float()
             zs = select_slices(volume, cfg, healthy_only=self.healthy_only,
                                drop=(drop or {}).get(self.cases[index].id))
             if LABEL in volume:
@@ -169,7 +199,8 @@ class SliceDataset(torch.utils.data.Dataset):
             self.refs += [SliceRef(index, z) for z in zs]
             if on_disk:
                 path = Path(self._folder.name) / f"{index:06d}.slices"
-                volume = DiskSlices(path, volume[IMAGE], volume[BRAIN], volume.get(LABEL), zs)
+                volume = DiskSlices(path, volume[IMAGE], {k: volume.get(k) for k in (BRAIN, LABEL, HEALTHY)
+                                                          if k != HEALTHY or k in volume}, zs)
             self.volumes.append(volume)
             if progress is not None:
                 progress(index + 1, len(cached))
@@ -183,11 +214,15 @@ class SliceDataset(torch.utils.data.Dataset):
         ref = self.refs[index]
         volume = self.volumes[ref.volume]
         if isinstance(volume, DiskSlices):
-            image, brain, label = volume.read(ref.z)
+            image, masks = volume.read(ref.z)
         else:
-            image, brain = volume[IMAGE][..., ref.z], volume[BRAIN][..., ref.z]
-            label = volume[LABEL][..., ref.z] if LABEL in volume else torch.zeros_like(brain)
+            image = volume[IMAGE][..., ref.z]
+            masks = {k: volume[k][..., ref.z] for k in (BRAIN, LABEL, HEALTHY) if k in volume}
+        brain = masks[BRAIN]
+        label = masks.get(LABEL, torch.zeros_like(brain))
         item = {IMAGE: image, BRAIN: brain, "case_id": self.cases[ref.volume].id, "z": ref.z}
+        if HEALTHY in masks:
+            item[HEALTHY] = masks[HEALTHY]
         if self.regions is None:
             item[LABEL] = (label > 0).float()
         else:
@@ -200,22 +235,24 @@ class SliceDataset(torch.utils.data.Dataset):
         return list(self._lesion)
 
 
-def brain_patches(images: torch.Tensor, brains: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+def brain_patches(images: torch.Tensor, brains: torch.Tensor, size: int, generator: torch.Generator,
+                  *others: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """One random ``size`` x ``size`` patch per slice, centred on a random brain pixel (kept inside the slice).
 
-    ``images`` (B, C, H, W), ``brains`` (B, 1, H, W) -> (B, C, size, size). Every draw comes from ``generator``.
+    ``images`` (B, C, H, W), ``brains`` (B, 1, H, W) -> (B, C, size, size); with ``others`` (B, K, H, W), the
+    same patches of each, all returned as a tuple. Every draw comes from ``generator``.
     """
     height, width = images.shape[-2:]
-    patches = []
-    for image, brain in zip(images, brains):
+    corners = []
+    for brain in brains:
         inside = torch.nonzero(brain[0] > 0)
         if len(inside) == 0:
             inside = torch.tensor([[height // 2, width // 2]])
         y, x = inside[int(torch.randint(len(inside), (1,), generator=generator))].tolist()
-        top = min(max(y - size // 2, 0), height - size)
-        left = min(max(x - size // 2, 0), width - size)
-        patches.append(image[:, top:top + size, left:left + size])
-    return torch.stack(patches)
+        corners.append((min(max(y - size // 2, 0), height - size), min(max(x - size // 2, 0), width - size)))
+    crop = lambda stack: torch.stack([s[:, top:top + size, left:left + size]  # noqa: E731
+                                      for s, (top, left) in zip(stack, corners)])
+    return crop(images) if not others else tuple(crop(stack) for stack in (images, *others))
 
 
 def mirrored(generator: torch.Generator, *batches: torch.Tensor) -> tuple[torch.Tensor, ...]:

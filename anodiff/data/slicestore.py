@@ -1,8 +1,8 @@
 """Axial slices kept on disk, read one at a time: training data larger than memory.
 
 A :class:`DiskSlices` holds the kept slices of one preprocessed volume in one
-file of fixed-size records, ``image`` (C, H, W) float16 then ``brain`` and
-``label`` (H, W) uint8, and reads a slice with one ``pread``: nothing is mapped
+file of fixed-size records, ``image`` (C, H, W) float16 then its masks (``brain``,
+``label``, ...; (H, W) uint8 each), and reads a slice with one ``pread``: nothing is mapped
 into the process, so its memory stays that of the slices in flight, whatever the
 number of cases (the page cache, which the kernel reclaims, holds the rest).
 Images lie in [0, 1], where float16 keeps about three decimal digits.
@@ -23,17 +23,18 @@ MAX_LABEL = 255
 class DiskSlices:
     """The slices ``zs`` of one volume, written once to ``path`` and read back by index."""
 
-    def __init__(self, path: Path, image: torch.Tensor, brain: torch.Tensor, label: torch.Tensor | None,
-                 zs: list[int]) -> None:
-        """``image`` (C, H, W, Z), ``brain`` and ``label`` (1, H, W, Z): a preprocessed volume."""
+    def __init__(self, path: Path, image: torch.Tensor, masks: dict[str, torch.Tensor | None], zs: list[int]) -> None:
+        """``image`` (C, H, W, Z) and ``masks`` by name, each (1, H, W, Z) with values 0-255 (brain, label, ...; None
+        for none): a preprocessed volume."""
         self.path = Path(path)
         self.channels, self.height, self.width = image.shape[0], image.shape[1], image.shape[2]
         self.position = {z: i for i, z in enumerate(zs)}
-        self.has_label = label is not None
-        if label is not None and float(label.max()) > MAX_LABEL:
-            raise ValueError(f"label values above {MAX_LABEL} cannot be stored as uint8")
-        records = [self._record(image[..., z], brain[0, ..., z], None if label is None else label[0, ..., z])
-                   for z in zs]
+        self.names = list(masks)
+        for name, mask in masks.items():
+            if mask is not None and float(mask.max()) > MAX_LABEL:
+                raise ValueError(f"{name} values above {MAX_LABEL} cannot be stored as uint8")
+        planes = {name: torch.zeros_like(image[:1]) if mask is None else mask for name, mask in masks.items()}
+        records = [self._record(image[..., z], [plane[0, ..., z] for plane in planes.values()]) for z in zs]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}")
         partial.write_bytes(b"".join(records))
@@ -45,15 +46,14 @@ class DiskSlices:
 
     @property
     def _record_bytes(self) -> int:
-        return self._image_bytes + 2 * self.height * self.width
+        return self._image_bytes + len(self.names) * self.height * self.width
 
-    def _record(self, image: torch.Tensor, brain: torch.Tensor, label: torch.Tensor | None) -> bytes:
-        label = torch.zeros_like(brain) if label is None else label
-        return (image.numpy().astype(np.float16).tobytes() + (brain > 0).numpy().astype(np.uint8).tobytes()
-                + np.rint(label.numpy()).astype(np.uint8).tobytes())
+    def _record(self, image: torch.Tensor, planes: list[torch.Tensor]) -> bytes:
+        return image.numpy().astype(np.float16).tobytes() + b"".join(
+            np.rint(plane.numpy()).astype(np.uint8).tobytes() for plane in planes)
 
-    def read(self, z: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Slice ``z``: image (C, H, W) float32, brain (1, H, W) float32, label (1, H, W) float32."""
+    def read(self, z: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Slice ``z``: image (C, H, W) float32, and each mask (1, H, W) float32 by name."""
         size, plane = self._record_bytes, self.height * self.width
         fd = os.open(self.path, os.O_RDONLY)
         try:
@@ -62,6 +62,7 @@ class DiskSlices:
             os.close(fd)
         image = np.frombuffer(raw, np.float16, count=self.channels * plane).reshape(
             self.channels, self.height, self.width)
-        masks = np.frombuffer(raw, np.uint8, offset=self._image_bytes).reshape(2, 1, self.height, self.width)
-        return (torch.from_numpy(image.astype(np.float32)), torch.from_numpy(masks[0].astype(np.float32)),
-                torch.from_numpy(masks[1].astype(np.float32)))
+        masks = np.frombuffer(raw, np.uint8, offset=self._image_bytes).reshape(len(self.names), 1, self.height,
+                                                                                self.width)
+        return (torch.from_numpy(image.astype(np.float32)),
+                {name: torch.from_numpy(mask.astype(np.float32)) for name, mask in zip(self.names, masks)})

@@ -47,6 +47,7 @@ from anodiff.errors import AnodiffError, DataError
 from anodiff.io import Volume, check_same_grid, read_images, read_volume
 
 IMAGE, LABEL, BRAIN = "image", "label", "brain"
+HEALTHY = "healthy"  # the tissue a healthy model may learn from: the brain, less what lies near a label
 REFERENCE = "reference"  # the first modality's Volume as read: the grid outputs are written on
 # Bumped whenever the chain's code changes what it computes: the disk cache is keyed on it.
 CHAIN_VERSION = 2

@@ -113,3 +113,13 @@ def _simplex_2d(x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor) -> torch.T
         falloff = torch.clamp(0.5 - dx**2 - dy**2, min=0) ** 4
         total += falloff * (gradient[..., 0] * dx + gradient[..., 1] * dy)
     return 70 * total
+
+
+def checkerboard(shape: tuple[int, ...], cell_px: int, group: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Masks (B, 1, H, W) in {0, 1} of one checkerboard group of square cells, per sample: ``group`` (B,) in
+    {0, 1} picks the colour, ``offset`` (B, 2) shifts the board (pixels). The two groups tile the image."""
+    b, _, h, w = shape
+    rows = (torch.arange(h)[None, :] + offset[:, :1]) // cell_px  # (B, H)
+    cols = (torch.arange(w)[None, :] + offset[:, 1:]) // cell_px  # (B, W)
+    colour = (rows[:, :, None] + cols[:, None, :]) % 2  # (B, H, W)
+    return (colour == group[:, None, None]).float()[:, None]

@@ -130,12 +130,14 @@ def reconstruct(
     generator: torch.Generator | None = None,
     clip: bool = True,
     noise: torch.Tensor | None = None,
+    region: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Noise ``x_0`` (B, C, *S) to ``t0`` and denoise it back: the reconstruction (B, C, *S).
 
     The noise is ``noise`` when given, else drawn (``cfg.noise``) from ``generator``. Clamped to [-1, 1] when
     ``clip`` (pixels); deterministic given ``generator`` (DDIM with ``sampler.eta`` > 0 draws fresh noise at
-    each step, from it too).
+    each step, from it too). With ``region`` (B, 1, *S) in {0, 1} only that region is noised and denoised, the
+    rest held clean at every step (masked noising, :attr:`SchedulerConfig.noise_cell_px`).
     """
     scheduler = build_scheduler(cfg, sampler.kind, clip_sample=clip)
     timesteps = timesteps_from(scheduler, sampler, t0)
@@ -144,8 +146,18 @@ def reconstruct(
     eps = make_noise(x_0, cfg, generator=generator) if noise is None else noise
     start = torch.full((x_0.shape[0],), timesteps[0], dtype=torch.long, device=x_0.device)
     x_t = scheduler.add_noise(original_samples=x_0, noise=eps, timesteps=start)
-    x_hat = denoise(denoiser, x_t, scheduler, timesteps, sampler, generator=generator)
+    known = None if region is None else (x_0, region.to(x_0))
+    x_hat = denoise(denoiser, x_t if known is None else held(x_t, known), scheduler, timesteps, sampler,
+                    generator=generator, known=known)
+    if known is not None:
+        x_hat = held(x_hat, known)
     return x_hat.clamp(-1, 1) if clip else x_hat
+
+
+def held(x: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``x`` inside the region, the known clean sample outside it."""
+    x_0, region = known
+    return region * x + (1 - region) * x_0
 
 
 @torch.inference_mode()
@@ -167,8 +179,10 @@ def generate(
 
 
 def denoise(denoiser: Denoiser, x_t: torch.Tensor, scheduler: Scheduler, timesteps: list[int],
-            sampler: SamplerConfig, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The shared loop: step ``x_t`` (B, C, *S) down ``timesteps``; returns the sampler's result."""
+            sampler: SamplerConfig, *, generator: torch.Generator | None = None,
+            known: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """The shared loop: step ``x_t`` (B, C, *S) down ``timesteps``; returns the sampler's result. ``known``
+    (clean sample, region): outside the region the sample is held clean after every step."""
     kind = sampler_kind(sampler.kind)
     step_generator = generator
     if generator is not None and x_t.device.type != "cpu":  # the schedulers draw on the sample's device
@@ -179,6 +193,8 @@ def denoise(denoiser: Denoiser, x_t: torch.Tensor, scheduler: Scheduler, timeste
         t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
         output = denoiser(x_t, t_batch).float()
         x_t, x_hat = kind.step(scheduler, output, t, x_t, sampler.eta, step_generator)
+        if known is not None:
+            x_t = held(x_t, known)
     return x_hat if kind.returns_prediction else x_t
 
 

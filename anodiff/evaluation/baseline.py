@@ -1,4 +1,4 @@
-"""The intensity-threshold baseline every anodiff figure is shown beside (FLAIR, or the model's first modality).
+"""The intensity-threshold baselines every anodiff figure is shown beside (FLAIR, and the model's first modality).
 
 Its score is the histogram-equalised image inside the brain, so one threshold
 rule (a healthy false-positive rate, as for anodiff) applies to every scan.
@@ -10,9 +10,18 @@ import numpy as np
 from skimage import exposure
 
 
-def baseline_modality(available: tuple[str, ...] | list[str], modalities: tuple[str, ...]) -> str:
-    """The baseline's modality: FLAIR when the case has it, else the model's first."""
-    return "flair" if "flair" in available else modalities[0]
+def baseline_modalities(available: tuple[str, ...] | list[str], modalities: tuple[str, ...]) -> list[str]:
+    """The baselines' modalities: FLAIR when the case has it, and the model's first modality when it is another
+    (a T2 model stands beside the FLAIR and the T2 thresholds)."""
+    names = ["flair"] if "flair" in available else []
+    return names + [m for m in modalities[:1] if m not in names]
+
+
+def baseline_thresholds(meta: dict) -> dict[str, float]:
+    """A model's calibrated baseline thresholds by modality (meta.json; older folders hold one, unnamed)."""
+    if "baseline_thresholds" in meta:
+        return dict(meta["baseline_thresholds"])
+    return {"": meta["baseline_threshold"]}
 
 
 def baseline_score(image: np.ndarray, brain: np.ndarray) -> np.ndarray:

@@ -70,6 +70,15 @@ class AnomalyMethod(Method):
             raise ConfigError("train.patch_size is for 2D pixel-space DDPMs (kind: ddpm, model.spatial_dims: 2)")
         if config.train.holdout == "slabs" and not pixel_2d:
             raise ConfigError("train.holdout: slabs is for 2D pixel-space DDPMs (kind: ddpm, model.spatial_dims: 2)")
+        if config.scheduler.noise_cell_px is not None and not pixel_2d:
+            raise ConfigError("scheduler.noise_cell_px (masked noising) is for 2D pixel-space DDPMs (kind: ddpm, "
+                              "model.spatial_dims: 2)")
+        if config.anomaly.masked_levels and config.scheduler.noise_cell_px is None:
+            raise ConfigError("anomaly.masked_levels needs a model trained with masked noising "
+                              "(scheduler.noise_cell_px)")
+        if config.train.healthy_tissue == "margin" and not pixel_2d:
+            raise ConfigError("train.healthy_tissue: margin is for 2D pixel-space DDPMs (kind: ddpm, "
+                              "model.spatial_dims: 2)")
         if patch is not None and (patch > config.data.image_size or patch % factor):
             raise ConfigError(f"train.patch_size ({patch}) must be at most data.image_size "
                               f"({config.data.image_size}) and a multiple of {factor}")
@@ -123,13 +132,17 @@ class AnomalyMethod(Method):
             if latents is not None:
                 return {"x0": latents[index]}
             items = [train_set[int(i)] for i in index]
-            images = torch.stack([item["image"] for item in items])
+            stacks = [torch.stack([item[key] for item in items]) for key in ("image", "healthy") if key in items[0]]
             if config.train.patch_size is not None:
                 brains = torch.stack([item["brain"] for item in items])
-                images = brain_patches(images, brains, config.train.patch_size, generator)
+                cropped = brain_patches(stacks[0], brains, config.train.patch_size, generator, *stacks[1:])
+                stacks = list(cropped) if len(stacks) > 1 else [cropped]
             if config.train.mirror:
-                (images,) = mirrored(generator, images)
-            return {"x0": to_model_range(images)}
+                stacks = list(mirrored(generator, *stacks))
+            batch = {"x0": to_model_range(stacks[0])}
+            if len(stacks) > 1:  # healthy tissue of labelled cases: the loss learns from it alone
+                batch["weight"] = stacks[1]
+            return batch
 
         in_channels = len(modalities) if latents is None else latents.shape[1]
         network = seeded(lambda: build_network(config.model, in_channels=in_channels), config.train.seed)
@@ -171,6 +184,10 @@ class AnomalyMethod(Method):
         if zones:
             line += "; healthy floor, score p99 / SSIM: " + ", ".join(
                 f"{zone.replace('_', ' ')} {z['score_p99']:.3f} / {z['ssim_mean']:.3f}" for zone, z in zones.items())
+        sizes = (model.meta.get("sensitivity") or {}).get("sizes", {})
+        if sizes:
+            line += "; sensitivity check, AUROC of inserted anomalies: " + ", ".join(
+                f"{name} {f['auroc']:.3f}" for name, f in sizes.items() if f["auroc"] is not None)
         return line
 
     def threshold(self, model: TrainedModel, given: float | None) -> float:
@@ -228,7 +245,8 @@ def healthy_dataset(cases: list[Case], modalities: tuple[str, ...], config: RunC
         dataset = VolumeDataset(cases, modalities, config.data, healthy_only=True)
         what = "lesion-free volumes (3D models train on healthy scans, e.g. IXI)"
     else:
-        dataset = SliceDataset(cases, modalities, config.data, healthy_only=True, drop=drop)
+        dataset = SliceDataset(cases, modalities, config.data, healthy_only=True, drop=drop,
+                               margin_mm=config.train.margin_mm)
         what = "healthy slices (every slice holds a label voxel)"
     if len(dataset) == 0 and not allow_empty:
         raise DataError(f"no {what} among {len(cases)} training case(s)")

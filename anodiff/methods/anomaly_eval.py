@@ -15,7 +15,7 @@ import torch
 from anodiff.config import config_to_dict
 from anodiff.data.synthetic import read_cohort_info
 from anodiff.evaluation.anomaly import anomaly_report, summarize_method
-from anodiff.evaluation.baseline import baseline_modality, baseline_score
+from anodiff.evaluation.baseline import baseline_modalities, baseline_score, baseline_thresholds
 from anodiff.evaluation.metrics import size_bin
 from anodiff.evaluation.report import Report
 from anodiff.figures import BLUE, GREEN, RED, case_views, ras_spacing, ras_view, save_case_figures
@@ -33,11 +33,15 @@ def evaluate_anomaly(method: Method, model: TrainedModel, data: Path, *, seed: i
     """Detect every labelled case of ``data``; anodiff and the baseline scored on the same brain voxels."""
     cases, root = labelled_cases(data, model.modalities)
     info = read_cohort_info(root)
-    baseline_name = baseline_modality(list(cases[0].images), model.modalities)
-    channel = model.modalities.index(baseline_name) if baseline_name in model.modalities else 0
+    baselines = baseline_modalities(list(cases[0].images), model.modalities)
+    thresholds = baseline_thresholds(model.meta)
+    thresholds = thresholds if "" not in thresholds else {baselines[0]: thresholds[""]}
+    baselines = [name for name in baselines if name in thresholds]  # a model calibrated them all, or only one
+    channel = model.modalities.index(baselines[0]) if baselines[0] in model.modalities else 0
     units = "z-score" if model.config.anomaly.score == "zscore" else "|x - x_hat|, normalised intensity"
     rows, seconds, evals = [], [], 0
-    scores: dict[str, list[np.ndarray]] = {"anodiff": [], "baseline": [], "masks": [], "truths": []}
+    scores: dict[str, list[np.ndarray]] = {"anodiff": [], "masks": [], "truths": [],
+                                           **{name: [] for name in baselines}}
     for index, case in enumerate(cases):
         clock = time.perf_counter()
         result = method.predict(model, case, threshold=model.meta["threshold"], detail=True,
@@ -46,9 +50,9 @@ def evaluate_anomaly(method: Method, model: TrainedModel, data: Path, *, seed: i
         evals = result.num_network_evals
         label = read_volume(case.label, allow_constant=True).data > 0
         brain = result.brain
-        flair = baseline_image(case, model.modalities, result)
-        reference = baseline_score(flair, brain)
-        for name, values in (("anodiff", result.maps["score"]), ("baseline", reference),
+        references = {name: baseline_score(baseline_image(case, name, model.modalities, result), brain)
+                      for name in baselines}
+        for name, values in (("anodiff", result.maps["score"]), *references.items(),
                              ("masks", result.mask > 0), ("truths", label)):
             scores[name].append(values[brain])
         lesion_ml = float(label.sum() * np.prod(result.reference.spacing_mm) / 1000)
@@ -56,22 +60,23 @@ def evaluate_anomaly(method: Method, model: TrainedModel, data: Path, *, seed: i
         rows.append({"case": case.id, "kind": kind, "lesion_ml": round(lesion_ml, 2),
                      "size": size_bin(lesion_ml) if label.any() else "none", "seconds": round(seconds[-1], 2)})
         if overlays is not None:
-            baseline_mask = reference > model.meta["baseline_threshold"]
-            save_detection_figures(overlays, case.id, result, label, (f"{baseline_name} threshold", baseline_mask),
-                                   channel, units)
+            first = baselines[0]
+            save_detection_figures(overlays, case.id, result, label,
+                                   (f"{first} threshold", references[first] > thresholds[first]), channel, units)
         if progress is not None:
             progress(index + 1, len(cases), case.id)
     methods = {
         "anodiff": summarize_method(scores["anodiff"], scores["truths"], calibrated=model.meta["threshold"],
                                     masks_calibrated=scores["masks"]),
-        f"{baseline_name} threshold": summarize_method(scores["baseline"], scores["truths"],
-                                                           calibrated=model.meta["baseline_threshold"]),
+        **{f"{name} threshold": summarize_method(scores[name], scores["truths"], calibrated=thresholds[name])
+           for name in baselines},
     }
     figures = {"model": str(model.folder), "data": str(data), "num_cases": len(cases),
                "num_lesion_cases": sum(1 for t in scores["truths"] if t.any()), "network_evals_per_slice": evals,
                "seconds_per_volume": float(np.mean(seconds)), "peak_gpu_memory_mb": peak_gpu_memory_mb(),
                "anomaly": config_to_dict(model.config.anomaly), "sampler": config_to_dict(model.config.sampler),
-               "healthy_floor": model.meta.get("healthy_floor"), "versions": model.meta.get("versions"),
+               "healthy_floor": model.meta.get("healthy_floor"), "sensitivity": model.meta.get("sensitivity"),
+               "versions": model.meta.get("versions"),
                "settings": {k: v for k, v in config_to_dict(model.config).items() if k not in ("anomaly", "sampler")}}
     return anomaly_report(figures, methods, rows)
 

@@ -13,9 +13,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from anodiff.config import RunConfig
 from anodiff.data.cases import Case
+from anodiff.data.datasets import away_from_label, grid_spacing
 from anodiff.data.slabs import Slab, along, slab_region, world_z_axis
-from anodiff.evaluation.baseline import baseline_modality, baseline_score
+from anodiff.evaluation.baseline import baseline_modalities, baseline_score
 from anodiff.evaluation.floor import floor_figures, floor_samples, ssim_map, tissue_zones, zone_modality
 from anodiff.evaluation.metrics import calibrate_threshold
 from anodiff.figures import BLUE, RED, focus_slice, ras_view, save_overlay
@@ -23,7 +25,9 @@ from anodiff.inference.cases import PreparedCase, prepare
 from anodiff.inference.prediction import Prediction
 from anodiff.inference.standardise import ResidualStats, edge_strength
 from anodiff.io import read_volume
-from anodiff.methods.scoring import finish, reconstruct_volume
+from anodiff.methods.scoring import finish, reconstruct_volume, scored_residuals
+from anodiff.methods.sensitivity import CASES as SENSITIVITY_CASES
+from anodiff.methods.sensitivity import sensitivity_check
 from anodiff.modelfolder import TrainedModel
 from anodiff.progress import Progress
 
@@ -36,9 +40,11 @@ def calibrate(model: TrainedModel, healthy_cases: list[Case], *, slabs: dict[str
     healthy residual statistics a ``zscore`` map needs (fitted first, on up to :data:`STATS_CASES` cases); and
     the healthy floor (:mod:`anodiff.evaluation.floor`; a PNG of the first case to ``figure``).
 
-    Voxels used: brain voxels of the axial slices without any label voxel (the
-    same healthy definition as training), on the input grid, as detection sees them;
-    only those of the case's held-out slab where ``slabs`` gives one.
+    Voxels used: brain voxels of the axial slices without any label voxel, or with
+    ``train.healthy_tissue: margin`` the brain farther than ``train.label_margin_mm``
+    from the label (the same healthy definition as training), on the input grid, as
+    detection sees them; only those of the case's held-out slab where ``slabs`` gives one.
+    The sensitivity check inserts its anomalies into the same healthy tissue.
     """
     slabs = slabs or {}
     config = model.config
@@ -48,20 +54,24 @@ def calibrate(model: TrainedModel, healthy_cases: list[Case], *, slabs: dict[str
         samples = []
         for index, case in enumerate(healthy_cases[:STATS_CASES]):
             kept[index] = reconstructed(model, case, seed)
-            samples.append(healthy_samples(*kept[index], config.model.spatial_dims, seed, slab=slabs.get(case.id)))
+            samples.append(healthy_samples(*kept[index], config, seed, slab=slabs.get(case.id)))
             if progress is not None:
                 progress(index + 1, len(healthy_cases), f"calibrating {case.id}")
         stats = ResidualStats.fit(*(np.concatenate(parts, axis=1) for parts in zip(*samples)))
-    model_scores, baseline_scores, floors = [], [], []
+    model_scores, floors, lent = [], [], []
+    baseline_scores: dict[str, list[np.ndarray]] = {}
     modality = zone_modality(model.modalities)
     fitted_on = len(kept)
     for index, case in enumerate(healthy_cases):
         prepared, grid = kept.pop(index) if index in kept else reconstructed(model, case, seed)
+        if len(lent) < SENSITIVITY_CASES:
+            lent.append((prepared, grid, healthy_grid(prepared, config, slabs.get(case.id))))
         result = finish(prepared, grid, config, stats, threshold=np.inf, detail=True)
-        healthy = calibration_voxels(case, result, slabs.get(case.id))
+        healthy = calibration_voxels(case, result, slabs.get(case.id), config.train.margin_mm)
         model_scores.append(result.maps["score"][healthy])
-        image = baseline_image(case, model.modalities, result)
-        baseline_scores.append(baseline_score(image, result.brain)[healthy])
+        for name in baseline_modalities(list(case.images), model.modalities):
+            image = baseline_image(case, name, model.modalities, result)
+            baseline_scores.setdefault(name, []).append(baseline_score(image, result.brain)[healthy])
         zones = tissue_zones(result.maps["normalised"][model.modalities.index(modality)], result.brain,
                              result.reference.spacing_mm, modality)
         floors.append(floor_samples(result.maps["residual"], ssim_map(result.maps["normalised"],
@@ -73,11 +83,13 @@ def calibrate(model: TrainedModel, healthy_cases: list[Case], *, slabs: dict[str
     fpr = config.anomaly.fpr
     return {
         "threshold": calibrate_threshold(model_scores, fpr),
-        "baseline_threshold": calibrate_threshold(baseline_scores, fpr),
+        "baseline_thresholds": {name: calibrate_threshold(values, fpr) for name, values in baseline_scores.items()},
+        "baseline_threshold": calibrate_threshold(next(iter(baseline_scores.values())), fpr),
         "calibration": {"fpr": fpr, "cases": [c.id for c in healthy_cases],
                         "voxels": int(sum(s.size for s in model_scores))},
         "residual_stats": stats.to_dict() if stats is not None else None,
         "healthy_floor": {"zones_from": modality, "zones": floor_figures(floors)},
+        "sensitivity": sensitivity_check(model, lent, stats, seed=seed),
     }
 
 
@@ -89,31 +101,50 @@ def reconstructed(model: TrainedModel, case: Case, seed: int) -> tuple[PreparedC
     return prepared, grid
 
 
-def healthy_samples(prepared: PreparedCase, grid: dict[str, torch.Tensor], spatial_dims: int, seed: int,
+def healthy_samples(prepared: PreparedCase, grid: dict[str, torch.Tensor], config: RunConfig, seed: int,
                     limit: int = 200_000, slab: Slab | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Residual, reconstruction and edge strength (C, N) of up to ``limit`` healthy brain voxels of one case on
     the network grid: brain slices with no label voxel on them or next to them (a 3D model: a lesion-free volume),
     within ``slab`` when one is given."""
+    spatial_dims = config.model.spatial_dims
+    where = np.flatnonzero(healthy_grid(prepared, config, slab))
+    if where.size > limit:
+        where = np.sort(np.random.default_rng(seed).choice(where, limit, replace=False))
+    residual, reconstruction = scored_residuals(grid, config)
+    edges = edge_strength(reconstruction, spatial_dims)
+    flat = lambda values: values.flatten(1).numpy()[:, where]  # noqa: E731
+    return flat(residual), flat(reconstruction), flat(edges)
+
+
+def healthy_grid(prepared: PreparedCase, config: RunConfig, slab: Slab | None = None) -> np.ndarray:
+    """Bool (H, W, D) on the network grid: the brain on axial slices with no label voxel on them or next to them
+    (a 3D model: a lesion-free volume, else nothing), or the brain away from the label by ``train.label_margin_mm``
+    (``train.healthy_tissue: margin``); within ``slab`` when one is given."""
     inside = prepared.brain_grid[0].numpy() > 0
     if slab is not None:
         inside = inside & slab_region(inside, np.eye(4), slab)  # the network grid is RAS
     label = prepared.label_grid
+    if config.train.margin_mm is not None:
+        away = away_from_label(prepared.brain_grid, label, grid_spacing(prepared.item["image"]), config.train.margin_mm)
+        return inside & away[0].numpy()
     if label is not None and (label > 0).any():
-        if spatial_dims == 3:
-            return tuple(np.zeros((grid["residual"].shape[0], 0), np.float32) for _ in range(3))
+        if config.model.spatial_dims == 3:
+            return np.zeros_like(inside)
         lesion_on = ndimage.binary_dilation((label[0] > 0).flatten(0, 1).any(0).numpy(), iterations=1)
         inside &= ~lesion_on[None, None, :]
-    where = np.flatnonzero(inside)
-    if where.size > limit:
-        where = np.sort(np.random.default_rng(seed).choice(where, limit, replace=False))
-    edges = edge_strength(grid["reconstruction"], spatial_dims)
-    flat = lambda values: values.flatten(1).numpy()[:, where]  # noqa: E731
-    return flat(grid["residual"]), flat(grid["reconstruction"]), flat(edges)
+    return inside
 
 
-def calibration_voxels(case: Case, result: Prediction, slab: Slab | None) -> np.ndarray:
-    """Bool (X, Y, Z) on the input grid: the brain on the case's label-free axial slices, within ``slab``."""
-    healthy = result.brain & healthy_slices(case, result.brain.shape)
+def calibration_voxels(case: Case, result: Prediction, slab: Slab | None, margin_mm: float | None = None
+                       ) -> np.ndarray:
+    """Bool (X, Y, Z) on the input grid: the brain on the case's label-free axial slices, or, given
+    ``margin_mm``, the brain farther than that from its label; within ``slab``."""
+    if margin_mm is not None and case.label is not None:
+        label = read_volume(case.label, allow_constant=True)
+        healthy = away_from_label(torch.from_numpy(result.brain[None]), torch.from_numpy(label.data[None]),
+                                  label.spacing_mm, margin_mm)[0].numpy()
+    else:
+        healthy = result.brain & healthy_slices(case, result.brain.shape)
     return healthy if slab is None else healthy & slab_region(result.brain, result.reference.affine, slab)
 
 
@@ -127,9 +158,9 @@ def healthy_slices(case: Case, shape) -> np.ndarray:
     return np.broadcast_to(along(~lesion_on, axis), shape)
 
 
-def baseline_image(case: Case, modalities: tuple[str, ...], result: Prediction) -> np.ndarray:
-    """The baseline's image (X, Y, Z); reuses what detection already read when it is the same file."""
-    name = baseline_modality(list(case.images), modalities)
+def baseline_image(case: Case, name: str, modalities: tuple[str, ...], result: Prediction) -> np.ndarray:
+    """The image (X, Y, Z) of the baseline of modality ``name``; reuses what detection already read when it is
+    the same file."""
     return result.reference.data if name == modalities[0] else read_volume(case.images[name]).data
 
 

@@ -26,7 +26,7 @@ import torch
 
 from anodiff.config import RunConfig
 from anodiff.data.cases import Case
-from anodiff.diffusion.noise import make_noise
+from anodiff.diffusion.noise import checkerboard, make_noise
 from anodiff.diffusion.sampler import num_network_evals, reconstruct
 from anodiff.diffusion.spaces import PixelSpace, Space
 from anodiff.errors import DataError
@@ -40,7 +40,7 @@ from anodiff.progress import Progress
 MAD_TO_SD = 1.4826  # a normal distribution's standard deviation per unit of median absolute deviation
 
 
-def reconstruct_slices(
+def reconstruct_levels(
     network: torch.nn.Module,
     slices: torch.Tensor,
     config: RunConfig,
@@ -48,27 +48,50 @@ def reconstruct_slices(
     space: Space | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """The healthy reconstruction (B, C, *S) of a batch of images (B, C, *S) in [0, 1]: 2D slices or 3D volumes.
+    """The healthy reconstruction at each noise level (L, B, C, *S) of a batch of images (B, C, *S) in [0, 1]:
+    2D slices or 3D volumes.
 
     Encodes into the model's diffusion space (pixels, or an autoencoder's latents),
     reconstructs at every noise level (``t0`` and ``extra_t0``), ``num_draws`` times
-    each (with ``antithetic``, each draw ε also as -ε), decodes, and averages the images.
+    each (with ``antithetic``, each draw ε also as -ε), decodes, and averages the draws of each level.
     """
     cfg = config.anomaly
     space = space or PixelSpace()
     device = next(network.parameters()).device
     images = slices.to(device)
     x_0 = space.encode(images)
-    recon_sum = torch.zeros_like(images)
+    levels = []
     signs = (1, -1) if cfg.antithetic else (1,)
-    for t0 in cfg.levels:
+    for index, t0 in enumerate(cfg.levels):
+        groups = cell_groups(x_0, config.scheduler.noise_cell_px if cfg.is_masked(index) else None)
+        recon_sum = torch.zeros_like(images)
         for _ in range(cfg.num_draws):
             eps = make_noise(x_0, config.scheduler, generator=generator)
             for sign in signs:
-                x_hat = reconstruct(network, x_0, config.scheduler, config.sampler, t0=t0, generator=generator,
-                                    clip=space.clip, noise=sign * eps)
+                x_hat = torch.zeros_like(x_0)
+                for region in groups:  # masked noising: each group filled in from the other
+                    part = reconstruct(network, x_0, config.scheduler, config.sampler, t0=t0, generator=generator,
+                                       clip=space.clip, noise=sign * eps, region=region)
+                    x_hat = x_hat + (part if region is None else region * part)
                 recon_sum += space.decode(x_hat)
-    return (recon_sum / (len(cfg.levels) * cfg.draws_per_level)).float().cpu()
+        levels.append((recon_sum / cfg.draws_per_level).float().cpu())
+    return torch.stack(levels)
+
+
+def cell_groups(x_0: torch.Tensor, cell_px: int | None) -> list[torch.Tensor | None]:
+    """The regions reconstructed in turn: the whole sample (``None``), or the two checkerboard groups of
+    ``cell_px`` cells (B, 1, H, W) of masked noising, each filled in from the other."""
+    if cell_px is None:
+        return [None]
+    shape, zero = tuple(x_0.shape), torch.zeros(x_0.shape[0], dtype=torch.long)
+    return [checkerboard(shape, cell_px, zero + group, torch.zeros(x_0.shape[0], 2, dtype=torch.long)).to(x_0)
+            for group in (0, 1)]
+
+
+def reconstruct_slices(network: torch.nn.Module, slices: torch.Tensor, config: RunConfig, *,
+                       space: Space | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The healthy reconstruction (B, C, *S) of a batch (B, C, *S): :func:`reconstruct_levels` averaged."""
+    return reconstruct_levels(network, slices, config, space=space, generator=generator).mean(dim=0)
 
 
 def score_slices(network: torch.nn.Module, slices: torch.Tensor, config: RunConfig, *, space: Space | None = None,
@@ -81,9 +104,11 @@ def score_slices(network: torch.nn.Module, slices: torch.Tensor, config: RunConf
 
 def passes_per_input(config: RunConfig) -> int:
     """Network passes per slice (or volume): every noise level, ``num_draws`` times each (twice with
-    ``antithetic``)."""
-    return config.anomaly.draws_per_level * sum(num_network_evals(config.scheduler, config.sampler, t0)
-                                                for t0 in config.anomaly.levels)
+    ``antithetic``; a masked level twice again, once per checkerboard group)."""
+    cfg = config.anomaly
+    return cfg.draws_per_level * sum((2 if cfg.is_masked(index) else 1)
+                                     * num_network_evals(config.scheduler, config.sampler, t0)
+                                     for index, t0 in enumerate(cfg.levels))
 
 
 def reconstruct_volume(network: torch.nn.Module, prepared: PreparedCase, config: RunConfig, *,
@@ -91,36 +116,70 @@ def reconstruct_volume(network: torch.nn.Module, prepared: PreparedCase, config:
                        progress: Progress | None = None) -> dict[str, torch.Tensor]:
     """One prepared volume on the network grid: ``reconstruction`` and the signed ``residual`` x - x_hat,
     (C, H, W, D) each, zero on the slices without brain."""
+    return reconstruct_grid(network, prepared.image, prepared.brain_grid, config, space=space, generator=generator,
+                            progress=progress)
+
+
+def reconstruct_grid(network: torch.nn.Module, image: torch.Tensor, brain_grid: torch.Tensor, config: RunConfig, *,
+                     space: Space | None = None, generator: torch.Generator | None = None,
+                     progress: Progress | None = None) -> dict[str, torch.Tensor]:
+    """:func:`reconstruct_volume` of an ``image`` (C, H, W, D) on the network grid: a 2D model runs on the slices
+    where ``brain_grid`` (1, H, W, D) holds brain, a 3D model on the whole volume."""
     def run(batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        recon = reconstruct_slices(network, batch, config, space=space, generator=generator)
-        return {"residual": batch.float().cpu() - recon, "reconstruction": recon}
+        levels = reconstruct_levels(network, batch, config, space=space, generator=generator)
+        recon = levels.mean(dim=0)
+        out = {"residual": batch.float().cpu() - recon, "reconstruction": recon}
+        if config.anomaly.levels_apart:  # each level scored on its own: (B, L * C, *S), level-major
+            out["levels_residual"] = (batch.float().cpu()[None] - levels).transpose(0, 1).flatten(1, 2)
+            out["levels_reconstruction"] = levels.transpose(0, 1).flatten(1, 2)
+        return out
 
     if config.model.spatial_dims == 3:
-        return map_volume(run, prepared.image, progress=progress)
-    return map_slices(run, prepared.image, prepared.brain_grid, batch_size=config.anomaly.batch_size,
-                      progress=progress)
+        return map_volume(run, image, progress=progress)
+    return map_slices(run, image, brain_grid, batch_size=config.anomaly.batch_size, progress=progress)
+
+
+def first_level(grid: dict[str, torch.Tensor], config: RunConfig) -> dict[str, torch.Tensor]:
+    """The grid's ``residual`` and ``reconstruction`` (C, *S): averaged over the levels, or, scored apart, those
+    of the first level (``t0``)."""
+    if not config.anomaly.levels_apart:
+        return grid
+    channels = grid["residual"].shape[0]
+    return {"residual": grid["levels_residual"][:channels], "reconstruction": grid["levels_reconstruction"][:channels]}
+
+
+def scored_residuals(grid: dict[str, torch.Tensor], config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The signed residual and reconstruction (K, *S) the map scores: one channel per modality, or, with
+    ``anomaly.levels_apart``, one per noise level and modality (level-major)."""
+    if config.anomaly.levels_apart:
+        return grid["levels_residual"], grid["levels_reconstruction"]
+    return grid["residual"], grid["reconstruction"]
 
 
 def anomaly_grid(grid: dict[str, torch.Tensor], brain_grid: torch.Tensor, config: RunConfig,
                  stats: ResidualStats | None) -> torch.Tensor:
     """The anomaly map (1, H, W, D) of a :func:`reconstruct_volume` grid: per-modality |residual| or |z-score|,
-    combined over modalities, median-filtered, zero outside the eroded brain."""
+    combined over modalities (and, scored apart, then over noise levels), median-filtered, zero outside the
+    eroded brain."""
     cfg = config.anomaly
+    residual, reconstruction = scored_residuals(grid, config)
     if cfg.score == "zscore":
         if stats is None:
             raise DataError("anomaly.score: zscore needs the healthy residual statistics of a calibration; this "
                             "model has none (recalibrate: anodiff evaluate --model M --data D anomaly.score=zscore)")
-        edges = edge_strength(grid["reconstruction"], config.model.spatial_dims)
-        z = stats.zscores(grid["residual"], grid["reconstruction"], edges)
+        edges = edge_strength(reconstruction, config.model.spatial_dims)
+        z = stats.zscores(residual, reconstruction, edges)
         if cfg.centre:
             z = z - scan_offset(z, brain_grid)
         if cfg.scale:
             z = z / scan_spread(z, brain_grid)
         # Zero outside the brain, where no healthy statistic holds, before the median filter reaches the edge.
-        per_modality = z.abs() * (brain_grid > 0)
+        per_channel = z.abs() * (brain_grid > 0)
     else:
-        per_modality = grid["residual"].abs()
-    score = combine(per_modality, cfg.combine)
+        per_channel = residual.abs()
+    levels = per_channel.unflatten(0, (-1, grid["residual"].shape[0]))  # (L, C, *S); L = 1 unless apart
+    per_level = torch.cat([combine(level, cfg.combine) for level in levels])  # (L, *S)
+    score = combine(per_level, "max" if cfg.combine_levels == "max" else "mean")
     return restrict_to_brain(score, brain_grid, median_size=cfg.median_size, erosion=cfg.brain_erosion)
 
 
@@ -175,7 +234,8 @@ def finish(prepared: PreparedCase, grid: dict[str, torch.Tensor], config: RunCon
 
     Maps: ``score`` (X, Y, Z); with ``detail``, ``residual`` (X, Y, Z; the plain |x - x_hat| averaged over
     modalities, median-filtered, the reconstruction's fidelity whatever the score), ``reconstruction`` and
-    ``normalised`` (the input as the network saw it), (C, X, Y, Z) in [0, 1].
+    ``normalised`` (the input as the network saw it), (C, X, Y, Z) in [0, 1]. With the noise levels scored apart,
+    the residual and reconstruction shown are the first level's (``t0``): each level's map stands on its own.
     """
     timings = timings if timings is not None else Timings()
     with timings.measure("postprocess_s"):
@@ -186,10 +246,12 @@ def finish(prepared: PreparedCase, grid: dict[str, torch.Tensor], config: RunCon
                                        min_voxels(config.anomaly.min_component_mm3, prepared.reference.spacing_mm))
         maps = {"score": score_map}
         if detail:
-            plain = replace(config, anomaly=replace(config.anomaly, score="residual", combine="mean"))
+            shown = first_level(grid, config)
+            plain = replace(config, anomaly=replace(config.anomaly, score="residual", combine="mean",
+                                                    combine_levels="reconstruction"))
             maps["residual"] = score_map if plain == config else on_input(
-                anomaly_grid(grid, prepared.brain_grid, plain, None)).astype(np.float32)
-            maps["reconstruction"] = prepared.on_input_grid(grid["reconstruction"])
+                anomaly_grid(shown, prepared.brain_grid, plain, None)).astype(np.float32)
+            maps["reconstruction"] = prepared.on_input_grid(shown["reconstruction"])
             maps["normalised"] = prepared.on_input_grid(prepared.image.float())
     return Prediction(mask=mask, maps=maps, reference=prepared.reference, brain=brain, threshold=threshold,
                       timings=dict(timings), num_network_evals=passes_per_input(config),

@@ -68,6 +68,9 @@ class SegDiff(Method):
             raise ConfigError("model.kind: segdiff works on 2D slices; set model.spatial_dims: 2")
         if config.scheduler.train_t_max is not None:
             raise ConfigError("scheduler.train_t_max is for detection; segdiff draws its masks from pure noise")
+        if config.scheduler.noise_cell_px is not None:
+            raise ConfigError("scheduler.noise_cell_px (masked noising) is for detection; segdiff draws its masks "
+                              "from pure noise")
 
     def train(self, data: Path, config: RunConfig, out: Path, *, device: torch.device, resume: bool = False,
               progress: Progress | None = None) -> None:

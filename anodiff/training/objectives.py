@@ -20,7 +20,7 @@ from monai.networks.schedulers import Scheduler
 from torch import nn
 
 from anodiff.config import AutoencoderConfig, SchedulerConfig
-from anodiff.diffusion.noise import make_noise
+from anodiff.diffusion.noise import checkerboard, make_noise
 
 
 class DenoisingObjective(nn.Module):
@@ -28,7 +28,9 @@ class DenoisingObjective(nn.Module):
 
     The batch holds ``x0`` (B, C, *S): images in [-1, 1], scaled latents or masks
     in [-1, 1], and optionally ``condition`` (B, C', *S), joined to x_t as extra
-    input channels (MONAI ``DiffusionInferer``, mode "concat": SegDiff's image conditioning).
+    input channels (MONAI ``DiffusionInferer``, mode "concat": SegDiff's image conditioning),
+    and ``weight`` (B, 1, *S) in {0, 1}: the error counts only where it is 1 (healthy
+    tissue of a labelled case; the network still sees the whole input).
     """
 
     def __init__(self, network: nn.Module, scheduler: Scheduler, cfg: SchedulerConfig) -> None:
@@ -43,14 +45,34 @@ class DenoisingObjective(nn.Module):
         eps = make_noise(x_0, cfg, generator=generator)
         levels = cfg.train_t_max or cfg.num_train_timesteps
         t = torch.randint(0, levels, (x_0.shape[0],), generator=generator).to(x_0.device)
+        weight = batch.get("weight")
         if "condition" in batch:
             output = DiffusionInferer(self.scheduler)(inputs=x_0, diffusion_model=self.network, noise=eps,
                                                       timesteps=t, condition=batch["condition"], mode="concat")
         else:
-            output = self.network(self.scheduler.add_noise(original_samples=x_0, noise=eps, timesteps=t), t)
+            x_t = self.scheduler.add_noise(original_samples=x_0, noise=eps, timesteps=t)
+            if cfg.noise_cell_px is not None:  # one checkerboard group noised, learned from the clean other
+                cells = random_cells(x_0, cfg.noise_cell_px, generator)
+                x_t = cells * x_t + (1 - cells) * x_0
+                weight = cells if weight is None else weight * cells
+            output = self.network(x_t, t)
         targets = {"epsilon": lambda: eps, "sample": lambda: x_0,
                    "v_prediction": lambda: self.scheduler.get_velocity(x_0, eps, t)}
-        return F.mse_loss(output.float(), targets[cfg.prediction_type]().float())
+        target = targets[cfg.prediction_type]().float()
+        if weight is None:
+            return F.mse_loss(output.float(), target)
+        weight = weight.float().expand_as(target)
+        return ((output.float() - target) ** 2 * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def random_cells(x_0: torch.Tensor, cell_px: int, generator: torch.Generator | None) -> torch.Tensor:
+    """One checkerboard group (B, 1, H, W) per sample, its colour and the board's offset drawn from ``generator``;
+    for a random half of the samples, the whole image (they learn plain denoising, for the unmasked levels)."""
+    group = torch.randint(0, 2, (x_0.shape[0],), generator=generator)
+    offset = torch.randint(0, cell_px, (x_0.shape[0], 2), generator=generator)
+    whole = torch.rand(x_0.shape[0], generator=generator) < 0.5
+    cells = checkerboard(tuple(x_0.shape), cell_px, group, offset)
+    return torch.where(whole[:, None, None, None], torch.ones_like(cells), cells).to(x_0)
 
 
 class AutoencoderObjective(nn.Module):
