@@ -91,7 +91,7 @@ def test_a_trained_model_carries_its_sensitivity_check_into_every_report(tiny_mo
 # ---------------------------------------------------------------- healthy tissue by margin
 
 
-def test_tissue_by_margin_keeps_lesion_slices_and_masks_the_loss_to_tissue_away_from_the_label(tiny_cohort):
+def test_tissue_by_margin_keeps_lesion_slices_and_hides_the_tissue_near_the_label(tiny_cohort):
     kinds = read_cohort_info(tiny_cohort)
     glioma = [c for c in discover(tiny_cohort).cases if kinds[c.id].kind == "glioma"]
     cfg = DataConfig(image_size=16)
@@ -101,8 +101,8 @@ def test_tissue_by_margin_keeps_lesion_slices_and_masks_the_loss_to_tissue_away_
     lesion_slices = [margin[i] for i in range(len(margin)) if margin[i]["label"].any()]
     assert lesion_slices
     for item in lesion_slices:
-        assert not (item["healthy"] * item["label"]).any()  # never the label
-        assert item["healthy"].sum() < item["brain"].sum()
+        assert (item["hidden"] >= item["label"] * item["brain"]).all()  # the label is always hidden
+        assert 0 < item["hidden"].sum() < item["brain"].sum()
 
 
 def test_away_from_label_measures_its_margin_in_millimetres():
@@ -121,16 +121,24 @@ class Echo(torch.nn.Module):
         return x_t
 
 
-def test_the_masked_loss_ignores_what_the_weight_hides():
+def test_what_is_hidden_is_neither_seen_nor_learned():
     config = load_config(TINY)
-    objective = DenoisingObjective(Echo(), build_scheduler(config.scheduler, "ddpm"), config.scheduler)
+    shown = []
+
+    class Shows(Echo):
+        def forward(self, x_t, t):
+            shown.append(x_t.clone())
+            return x_t
+
+    objective = DenoisingObjective(Shows(), build_scheduler(config.scheduler, "ddpm"), config.scheduler)
     x0 = torch.rand(2, 4, 8, 8) * 2 - 1
-    weight = torch.zeros(2, 1, 8, 8)
-    weight[..., :4] = 1
+    hidden = torch.zeros(2, 1, 8, 8)
+    hidden[..., 4:] = 1
     changed = x0.clone()
-    changed[..., 4:] = 5.0  # only where the weight is 0
+    changed[..., 4:] = 5.0  # a 'lesion', only where hidden
     loss = lambda batch: objective(batch, generator=torch.Generator().manual_seed(0)).item()  # noqa: E731
-    assert loss({"x0": x0, "weight": weight}) == pytest.approx(loss({"x0": changed, "weight": weight}))
+    assert loss({"x0": x0, "hidden": hidden}) == pytest.approx(loss({"x0": changed, "hidden": hidden}))
+    assert torch.equal(shown[0], shown[1])  # the network was shown the same input: the lesion never reached it
     assert loss({"x0": x0}) != pytest.approx(loss({"x0": changed}))
 
 

@@ -203,7 +203,8 @@ class TrainConfig:
     mirror: bool = False
     # What counts as healthy in labelled cases, for training and calibration alike: "slices", the axial slices
     # without a label voxel; "margin" (2D pixel-space DDPMs), every slice's brain farther than label_margin_mm
-    # from the label, so mid-brain anatomy is learned too (the loss is masked to it). Uses training labels only.
+    # from the label, so mid-brain anatomy is learned too (the tissue nearer the label is hidden from the network:
+    # pure noise in its input, out of its loss). Uses training labels only.
     healthy_tissue: Literal["slices", "margin"] = "slices"
     label_margin_mm: float = 10.0
 

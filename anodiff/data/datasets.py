@@ -34,7 +34,7 @@ from anodiff.data.slicestore import DiskSlices
 from anodiff.data.transforms import (
     BRAIN,
     CHAIN_VERSION,
-    HEALTHY,
+    HIDDEN,
     IMAGE,
     LABEL,
     anodiff_errors,
@@ -122,8 +122,8 @@ def select_slices(volume: dict[str, Any], cfg: DataConfig, *, healthy_only: bool
     A slice is kept when its brain area is at least ``cfg.min_brain_fraction`` of
     the slice, it lies within ``cfg.slice_range`` of the brain's axial extent,
     outside the ``drop`` slab (:mod:`anodiff.data.slabs`) and, with ``healthy_only``,
-    it has no label voxel; or, when the volume holds its ``healthy`` tissue (tissue away
-    from the label), enough of that tissue.
+    it has no label voxel; or, when the volume holds its ``hidden`` tissue (the brain near
+    the label), enough brain besides it.
     """
     brain = volume[BRAIN][0] > 0  # (X, Y, Z)
     area = brain.sum(dim=(0, 1)).float() / (brain.shape[0] * brain.shape[1])
@@ -137,9 +137,9 @@ def select_slices(volume: dict[str, Any], cfg: DataConfig, *, healthy_only: bool
     keep = torch.zeros_like(area, dtype=torch.bool)
     keep[lo:hi] = True
     keep &= area >= cfg.min_brain_fraction
-    if HEALTHY in volume:
-        keep &= (volume[HEALTHY][0] > 0).sum(dim=(0, 1)).float() / (brain.shape[0] * brain.shape[1]) \
-            >= cfg.min_brain_fraction
+    if HIDDEN in volume:
+        healthy = brain & ~(volume[HIDDEN][0] > 0)
+        keep &= healthy.sum(dim=(0, 1)).float() / (brain.shape[0] * brain.shape[1]) >= cfg.min_brain_fraction
     elif healthy_only and LABEL in volume:
         keep &= (volume[LABEL][0] > 0).sum(dim=(0, 1)) == 0
     if drop is not None:
@@ -155,8 +155,8 @@ class SliceDataset(torch.utils.data.Dataset):
     with ``regions`` (R, H, W), one channel per region (the label values it holds),
     ``case_id`` and ``z``. ``drop``: per case id, an axial slab whose slices are left out.
     With ``margin_mm`` (healthy data from labelled cases), every slice with enough brain
-    farther than ``margin_mm`` from the label is kept, and the item holds that tissue as
-    ``healthy`` (1, H, W) in {0, 1}: what a training loss may learn from.
+    farther than ``margin_mm`` from the label is kept, and the item holds the brain nearer
+    the label as ``hidden`` (1, H, W) in {0, 1}: what training hides from the network.
     """
 
     def __init__(
@@ -189,8 +189,8 @@ class SliceDataset(torch.utils.data.Dataset):
                 item = cached[index]
             volume = {k: torch.as_tensor(v).float() for k, v in item.items() if k in (IMAGE, BRAIN, LABEL)}
             if margin_mm is not None:
-                volume[HEALTHY] = away_from_label(volume[BRAIN], volume.get(LABEL), grid_spacing(item[IMAGE]),
-                                                  margin_mm).float()
+                away = away_from_label(volume[BRAIN], volume.get(LABEL), grid_spacing(item[IMAGE]), margin_mm)
+                volume[HIDDEN] = ((volume[BRAIN] > 0) & ~away).float()
             zs = select_slices(volume, cfg, healthy_only=self.healthy_only,
                                drop=(drop or {}).get(self.cases[index].id))
             if LABEL in volume:
@@ -199,8 +199,8 @@ class SliceDataset(torch.utils.data.Dataset):
             self.refs += [SliceRef(index, z) for z in zs]
             if on_disk:
                 path = Path(self._folder.name) / f"{index:06d}.slices"
-                volume = DiskSlices(path, volume[IMAGE], {k: volume.get(k) for k in (BRAIN, LABEL, HEALTHY)
-                                                          if k != HEALTHY or k in volume}, zs)
+                volume = DiskSlices(path, volume[IMAGE], {k: volume.get(k) for k in (BRAIN, LABEL, HIDDEN)
+                                                          if k != HIDDEN or k in volume}, zs)
             self.volumes.append(volume)
             if progress is not None:
                 progress(index + 1, len(cached))
@@ -217,12 +217,12 @@ class SliceDataset(torch.utils.data.Dataset):
             image, masks = volume.read(ref.z)
         else:
             image = volume[IMAGE][..., ref.z]
-            masks = {k: volume[k][..., ref.z] for k in (BRAIN, LABEL, HEALTHY) if k in volume}
+            masks = {k: volume[k][..., ref.z] for k in (BRAIN, LABEL, HIDDEN) if k in volume}
         brain = masks[BRAIN]
         label = masks.get(LABEL, torch.zeros_like(brain))
         item = {IMAGE: image, BRAIN: brain, "case_id": self.cases[ref.volume].id, "z": ref.z}
-        if HEALTHY in masks:
-            item[HEALTHY] = masks[HEALTHY]
+        if HIDDEN in masks:
+            item[HIDDEN] = masks[HIDDEN]
         if self.regions is None:
             item[LABEL] = (label > 0).float()
         else:

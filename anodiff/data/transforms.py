@@ -47,7 +47,7 @@ from anodiff.errors import AnodiffError, DataError
 from anodiff.io import Volume, check_same_grid, read_images, read_volume
 
 IMAGE, LABEL, BRAIN = "image", "label", "brain"
-HEALTHY = "healthy"  # the tissue a healthy model may learn from: the brain, less what lies near a label
+HIDDEN = "hidden"  # brain tissue near a label: a healthy model neither sees it nor learns from it
 REFERENCE = "reference"  # the first modality's Volume as read: the grid outputs are written on
 # Bumped whenever the chain's code changes what it computes: the disk cache is keyed on it.
 CHAIN_VERSION = 2

@@ -132,7 +132,7 @@ class AnomalyMethod(Method):
             if latents is not None:
                 return {"x0": latents[index]}
             items = [train_set[int(i)] for i in index]
-            stacks = [torch.stack([item[key] for item in items]) for key in ("image", "healthy") if key in items[0]]
+            stacks = [torch.stack([item[key] for item in items]) for key in ("image", "hidden") if key in items[0]]
             if config.train.patch_size is not None:
                 brains = torch.stack([item["brain"] for item in items])
                 cropped = brain_patches(stacks[0], brains, config.train.patch_size, generator, *stacks[1:])
@@ -140,8 +140,8 @@ class AnomalyMethod(Method):
             if config.train.mirror:
                 stacks = list(mirrored(generator, *stacks))
             batch = {"x0": to_model_range(stacks[0])}
-            if len(stacks) > 1:  # healthy tissue of labelled cases: the loss learns from it alone
-                batch["weight"] = stacks[1]
+            if len(stacks) > 1:  # the tissue near a label: hidden from the network and its loss
+                batch["hidden"] = stacks[1]
             return batch
 
         in_channels = len(modalities) if latents is None else latents.shape[1]

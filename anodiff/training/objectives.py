@@ -29,8 +29,9 @@ class DenoisingObjective(nn.Module):
     The batch holds ``x0`` (B, C, *S): images in [-1, 1], scaled latents or masks
     in [-1, 1], and optionally ``condition`` (B, C', *S), joined to x_t as extra
     input channels (MONAI ``DiffusionInferer``, mode "concat": SegDiff's image conditioning),
-    and ``weight`` (B, 1, *S) in {0, 1}: the error counts only where it is 1 (healthy
-    tissue of a labelled case; the network still sees the whole input).
+    and ``hidden`` (B, 1, *S) in {0, 1}: tissue near a label, replaced by pure noise in the
+    network's input and left out of the error, so a healthy model neither sees a lesion nor
+    learns to reproduce one (the rest of a labelled slice, mid-brain anatomy, is learned).
     """
 
     def __init__(self, network: nn.Module, scheduler: Scheduler, cfg: SchedulerConfig) -> None:
@@ -45,7 +46,8 @@ class DenoisingObjective(nn.Module):
         eps = make_noise(x_0, cfg, generator=generator)
         levels = cfg.train_t_max or cfg.num_train_timesteps
         t = torch.randint(0, levels, (x_0.shape[0],), generator=generator).to(x_0.device)
-        weight = batch.get("weight")
+        hidden = batch.get("hidden")
+        weight = None if hidden is None else 1 - hidden
         if "condition" in batch:
             output = DiffusionInferer(self.scheduler)(inputs=x_0, diffusion_model=self.network, noise=eps,
                                                       timesteps=t, condition=batch["condition"], mode="concat")
@@ -55,6 +57,8 @@ class DenoisingObjective(nn.Module):
                 cells = random_cells(x_0, cfg.noise_cell_px, generator)
                 x_t = cells * x_t + (1 - cells) * x_0
                 weight = cells if weight is None else weight * cells
+            if hidden is not None:  # as if noised to the end, clean cells too: nothing of what lies there shows
+                x_t = (1 - hidden) * x_t + hidden * eps
             output = self.network(x_t, t)
         targets = {"epsilon": lambda: eps, "sample": lambda: x_0,
                    "v_prediction": lambda: self.scheduler.get_velocity(x_0, eps, t)}
