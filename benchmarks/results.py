@@ -1,7 +1,7 @@
 """What the benchmarks share: running anodiff, reusing only what matches, and writing results files.
 
 * A model or report folder is named by a digest of everything it depends on (the
-  resolved config, the overrides, the data, anodiff's version), so a benchmark
+  resolved config, the overrides, the data, anodiff's source code), so a benchmark
   reuses a folder only when all of that matches, and reruns otherwise.
 * Each benchmark writes its tables to ``docs/results/<name>.md`` through
   :func:`write_results`, headed by the commit, the configs and the exact command,
@@ -44,15 +44,20 @@ def digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def source_digest() -> str:
+    """anodiff's source code (every module's text): a change to it, even without a new version, means rerunning."""
+    package = ROOT / "anodiff"
+    return digest([(str(p.relative_to(package)), p.read_text()) for p in sorted(package.rglob("*.py"))])
+
+
 def recipe_digest(config: Path, overrides, data: Path) -> str:
     """What a trained model depends on: the resolved config (comments and key order aside), its overrides, the
-    training data folder (and the cases in it) and anodiff's version."""
-    from anodiff import __version__
+    training data folder (and the cases in it) and anodiff's source code."""
     from anodiff.config import config_to_dict, load_config
 
     resolved = config_to_dict(load_config(config, list(overrides)))
     cases = sorted(p.name for p in Path(data).iterdir()) if Path(data).is_dir() else []
-    return digest(resolved, str(Path(data).resolve()), cases, __version__)
+    return digest(resolved, str(Path(data).resolve()), cases, source_digest())
 
 
 def trained(config: Path, overrides, data: Path, parent: Path, *extra: str) -> Path:
@@ -68,8 +73,9 @@ def trained(config: Path, overrides, data: Path, parent: Path, *extra: str) -> P
 
 def evaluated(model: Path, data: Path, overrides, parent: Path, *extra: str) -> dict:
     """``anodiff evaluate`` of ``model`` on ``data`` with scoring overrides: its report.json, reused when a report
-    of the same model (its meta.json), data and overrides finished."""
-    key = digest((model / "meta.json").read_text(), str(Path(data).resolve()), list(overrides), list(extra))
+    of the same model (its meta.json), data, overrides and source code finished."""
+    key = digest((model / "meta.json").read_text(), str(Path(data).resolve()), list(overrides), list(extra),
+                 source_digest())
     folder = parent / f"report-{key}"
     if not (folder / "report.json").is_file():
         run(anodiff_command(), "-q", "evaluate", "--model", str(model), "--data", str(data), "--out", str(folder),
