@@ -66,19 +66,15 @@ class AnomalyMethod(Method):
             raise ConfigError("scheduler.noise: simplex is for 2D pixel-space DDPMs; use gaussian or coarse")
         patch = config.train.patch_size
         pixel_2d = config.model.spatial_dims == 2 and self.downsampling(config) == 1
-        if patch is not None and not pixel_2d:
-            raise ConfigError("train.patch_size is for 2D pixel-space DDPMs (kind: ddpm, model.spatial_dims: 2)")
-        if config.train.holdout == "slabs" and not pixel_2d:
-            raise ConfigError("train.holdout: slabs is for 2D pixel-space DDPMs (kind: ddpm, model.spatial_dims: 2)")
-        if config.scheduler.noise_cell_px is not None and not pixel_2d:
-            raise ConfigError("scheduler.noise_cell_px (masked noising) is for 2D pixel-space DDPMs (kind: ddpm, "
-                              "model.spatial_dims: 2)")
+        pixel_2d_only = {"train.patch_size": patch is not None, "train.holdout: slabs": config.train.holdout == "slabs",
+                         "scheduler.noise_cell_px (masked noising)": config.scheduler.noise_cell_px is not None,
+                         "train.healthy_tissue: margin": config.train.healthy_tissue == "margin"}
+        used = [option for option, on in pixel_2d_only.items() if on]
+        if used and not pixel_2d:
+            raise ConfigError(f"{used[0]} is for 2D pixel-space DDPMs (kind: ddpm, model.spatial_dims: 2)")
         if config.anomaly.masked_levels and config.scheduler.noise_cell_px is None:
             raise ConfigError("anomaly.masked_levels needs a model trained with masked noising "
                               "(scheduler.noise_cell_px)")
-        if config.train.healthy_tissue == "margin" and not pixel_2d:
-            raise ConfigError("train.healthy_tissue: margin is for 2D pixel-space DDPMs (kind: ddpm, "
-                              "model.spatial_dims: 2)")
         if patch is not None and (patch > config.data.image_size or patch % factor):
             raise ConfigError(f"train.patch_size ({patch}) must be at most data.image_size "
                               f"({config.data.image_size}) and a multiple of {factor}")

@@ -33,10 +33,8 @@ def evaluate_anomaly(method: Method, model: TrainedModel, data: Path, *, seed: i
     """Detect every labelled case of ``data``; anodiff and the baseline scored on the same brain voxels."""
     cases, root = labelled_cases(data, model.modalities)
     info = read_cohort_info(root)
-    baselines = baseline_modalities(list(cases[0].images), model.modalities)
-    thresholds = baseline_thresholds(model.meta)
-    thresholds = thresholds if "" not in thresholds else {baselines[0]: thresholds[""]}
-    baselines = [name for name in baselines if name in thresholds]  # a model calibrated them all, or only one
+    thresholds = baseline_thresholds(model.meta, baseline_modalities(list(cases[0].images), model.modalities))
+    baselines = list(thresholds)
     channel = model.modalities.index(baselines[0]) if baselines[0] in model.modalities else 0
     units = "z-score" if model.config.anomaly.score == "zscore" else "|x - x_hat|, normalised intensity"
     rows, seconds, evals = [], [], 0

@@ -142,10 +142,9 @@ def reconstruct_grid(network: torch.nn.Module, image: torch.Tensor, brain_grid: 
 def first_level(grid: dict[str, torch.Tensor], config: RunConfig) -> dict[str, torch.Tensor]:
     """The grid's ``residual`` and ``reconstruction`` (C, *S): averaged over the levels, or, scored apart, those
     of the first level (``t0``)."""
-    if not config.anomaly.levels_apart:
-        return grid
     channels = grid["residual"].shape[0]
-    return {"residual": grid["levels_residual"][:channels], "reconstruction": grid["levels_reconstruction"][:channels]}
+    return {name: values[:channels] for name, values in zip(("residual", "reconstruction"),
+                                                             scored_residuals(grid, config))}
 
 
 def scored_residuals(grid: dict[str, torch.Tensor], config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
