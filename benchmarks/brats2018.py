@@ -165,7 +165,8 @@ def main() -> None:
     keys = dict.fromkeys(args.rows or [r.key for r in table_rows])  # in the order asked
     start = time.perf_counter()
     results = {}
-    for row in (next(r for r in (*table_rows, *ROWS, *LEVERS) if r.key == key) for key in keys):
+    by_key = {r.key: r for r in (*ROWS, *LEVERS)}
+    for row in (by_key[key] for key in keys):
         name = row.name + "".join(f" ({' '.join(extra)})" for extra in (args.training, args.scoring) if extra)
         results[name] = {}
         for fold, train, test in folds(args.data, args.out):

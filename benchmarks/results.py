@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -44,8 +45,10 @@ def digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+@functools.cache
 def source_digest() -> str:
-    """anodiff's source code (every module's text): a change to it, even without a new version, means rerunning."""
+    """anodiff's source code (every module's text) as this benchmark started: a change to it, even without a new
+    version, means rerunning."""
     package = ROOT / "anodiff"
     return digest([(str(p.relative_to(package)), p.read_text()) for p in sorted(package.rglob("*.py"))])
 
