@@ -34,7 +34,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench.py --out bench-output $(BENCH_ARGS)
 
 lint: setup
-	$(BIN)/ruff check anodiff cli tests examples benchmarks
+	$(BIN)/ruff check anodiff tests examples benchmarks
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

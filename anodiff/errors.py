@@ -20,3 +20,7 @@ class DataError(AnodiffError):
 
 class CheckpointError(AnodiffError):
     """A model folder that is missing pieces or disagrees with its config."""
+
+
+class TrainingError(AnodiffError):
+    """Training that cannot go on: the loss diverged (not finite, or exploding)."""

@@ -28,6 +28,7 @@ from anodiff.config import config_to_yaml
 from anodiff.config.sections import RunConfig
 from anodiff.diffusion.spaces import PixelSpace, Space
 from anodiff.errors import CheckpointError, DataError
+from anodiff.formats import FORMAT_VERSION
 from anodiff.outputs import replaced_atomically
 from anodiff.weights import remove_stale_temporaries, state_tensors, write_safetensors
 
@@ -43,6 +44,7 @@ class TrainedModel:
     folder: Path
     space: Space = field(default_factory=PixelSpace)  # where it diffuses: pixels, or an autoencoder's latents
     reference: nn.Module | None = None  # segdiff: the plain UNet trained beside it, when there is one
+    method: Any = None  # its entry of the method table (anodiff.methods), set by anodiff.methods.load_model
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -95,7 +97,7 @@ def save_model(folder: Path, config: RunConfig, network: nn.Module, meta: dict[s
     folder.mkdir(parents=True, exist_ok=True)
     write_safetensors(state_tensors(network), folder / WEIGHTS)
     write_text(folder / CONFIG, config_to_yaml(config))
-    write_json(folder / META, {**meta, "versions": versions()})
+    write_json(folder / META, {**meta, "format_version": FORMAT_VERSION, "versions": versions()})
 
 
 def discard_training_state(folder: Path) -> None:

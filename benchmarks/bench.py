@@ -144,8 +144,8 @@ def detect_split(model_dir: Path, case: Path, device: str, repeats: int = 2) -> 
 
     from anodiff.data.cases import discover
     from anodiff.distributed import pick_device
+    from anodiff.jobs import detect_cases
     from anodiff.methods import load_model
-    from anodiff.recipes import detect_cases
 
     model = load_model(model_dir, device=pick_device(device))
     [found] = discover(case.parent).cases
@@ -170,7 +170,7 @@ def untrained_model(out: Path, name: str, config_path: Path, case_dir: Path, ove
     from anodiff.config import config_to_dict, load_config
     from anodiff.data.cases import discover
     from anodiff.distributed import pick_device
-    from anodiff.methods.calibration import calibrate
+    from anodiff.methods.anomaly.calibration import calibrate
     from anodiff.modelfolder import TrainedModel, save_model
     from anodiff.models import build_network
 
@@ -197,8 +197,8 @@ def detect_speed(anodiff: str, out: Path, case: Path, device: str) -> dict:
 
     from anodiff.config import load_config
     from anodiff.data.cases import discover
-    from anodiff.inference.cases import prepare
-    from anodiff.methods.scoring import num_slices_run, passes_per_input
+    from anodiff.inference.cases import preprocess
+    from anodiff.methods.anomaly.scoring import num_slices_run, passes_per_input
 
     recipe = ROOT / "configs" / "brats_cpu.yaml"
     settings = {DEFAULT: [], "DDIM-10 from t0 250 (before)": list(BEFORE)}
@@ -210,7 +210,7 @@ def detect_speed(anodiff: str, out: Path, case: Path, device: str) -> dict:
     for label, overrides in settings.items():
         model = untrained_model(out, f"brats-cpu-recipe-{len(rows)}", recipe, case, overrides, device)
         config = load_config(model / "config.yaml")
-        passes = passes_per_input(config) * num_slices_run(prepare(found, tuple(sorted(found.images)), config.data),
+        passes = passes_per_input(config) * num_slices_run(preprocess(found, tuple(sorted(found.images)), config.data),
                                                            config)
         command = timed(anodiff, "-q", "detect", str(case), "--model", str(model), "--out",
                         str(out / "masks" / f"{model.name}.nii.gz"), "--device", device, "--overwrite")

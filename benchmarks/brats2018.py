@@ -79,6 +79,10 @@ LEVERS = (
         (ALL_FOUR, *LABELLED), ("anomaly.masked_levels=[999]", *MASKED)),
     Row("cells_96", "margin + masked noising (24 px cells), 96 px, 48 px patches", (
         ALL_FOUR, LABELLED[0], "scheduler.noise_cell_px=24", "data.image_size=96", "train.patch_size=48")),
+    # Low-frequency noise destroys a region larger than a few pixels, so it is rebuilt rather than copied: coarse
+    # Gaussian (8 times coarser, Kascenas et al. 2022) and multi-octave simplex (AnoDDPM), at higher levels.
+    *(Row(f"{kind}_t{t}", f"margin, {kind} noise, t0 {t}", (ALL_FOUR, LABELLED[0], f"scheduler.noise={kind}"),
+          (f"anomaly.t0={t}",)) for kind in ("coarse", "simplex") for t in (300, 500)),
 )
 
 

@@ -23,8 +23,8 @@ import numpy as np
 from results import write_results
 
 from anodiff.methods import load_model
-from anodiff.methods.anomaly import with_anomaly_settings
-from anodiff.methods.scoring import passes_per_input
+from anodiff.methods.anomaly.method import with_anomaly_settings
+from anodiff.methods.anomaly.scoring import passes_per_input
 
 
 def label_free_figures(model) -> dict[str, float]:

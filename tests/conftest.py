@@ -10,6 +10,12 @@ import pytest
 
 # An oblique affine: rotated about z and x, anisotropic voxels, a flipped axis.
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+SEGDIFF_TINY = str(Path(__file__).resolve().parents[1] / "configs" / "segdiff_tiny.yaml")
+# The tiny latent diffusion model: configs/tiny.yaml with these overrides.
+TINY_LDM = ["model.kind=ldm", "model.channels=[16,16]", "model.attention_levels=[false,false]",
+            "autoencoder.channels=[8,16]", "autoencoder.norm_num_groups=8", "autoencoder.num_steps=20",
+            "autoencoder.batch_size=8", "autoencoder.lr=1e-3", "autoencoder.adversarial_start=10",
+            "autoencoder.discriminator_layers=1", "autoencoder.discriminator_channels=8"]
 
 _c, _s = np.cos(0.3), np.sin(0.3)
 OBLIQUE_AFFINE = np.array(
@@ -49,7 +55,7 @@ def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray = OBLIQUE_AFFINE
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory) -> Path:
     """A 6-case synthetic cohort at 4 mm (two healthy, one of each lesion kind)."""
-    from anodiff.data.synthetic import write_cohort
+    from anodiff.data.cohort import write_cohort
 
     out = tmp_path_factory.mktemp("cohort") / "synth"
     write_cohort(out, 6, seed=0, spacing_mm=4.0)
@@ -65,15 +71,31 @@ def shared_data() -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tiny_cohort, tmp_path_factory) -> Path:
-    """A model folder trained with configs/tiny.yaml on the tiny cohort (seconds)."""
+def trained_by_cli(data: Path, out: Path, config: str, *overrides: str) -> Path:
+    """``anodiff train`` of ``config`` (with ``overrides``) on ``data`` into ``out``, on the CPU."""
     from typer.testing import CliRunner
 
     from anodiff.cli.main import app
 
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    result = CliRunner().invoke(app, ["train", "--data", str(tiny_cohort), "--config", TINY, "--out", str(out),
-                                      "--device", "cpu"])
+    result = CliRunner().invoke(app, ["train", "--data", str(data), "--config", config, "--out", str(out),
+                                      "--device", "cpu", *overrides])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_cohort, tmp_path_factory) -> Path:
+    """A ddpm model folder trained with configs/tiny.yaml on the tiny cohort (seconds)."""
+    return trained_by_cli(tiny_cohort, tmp_path_factory.mktemp("runs") / "tiny", TINY)
+
+
+@pytest.fixture(scope="session")
+def ldm_model(tiny_cohort, tmp_path_factory) -> Path:
+    """A latent diffusion model folder: configs/tiny.yaml with :data:`TINY_LDM`."""
+    return trained_by_cli(tiny_cohort, tmp_path_factory.mktemp("ldm") / "ldm", TINY, *TINY_LDM)
+
+
+@pytest.fixture(scope="session")
+def segdiff_model(tiny_cohort, tmp_path_factory) -> Path:
+    """A segdiff model folder (with its UNet reference) trained with configs/segdiff_tiny.yaml."""
+    return trained_by_cli(tiny_cohort, tmp_path_factory.mktemp("runs") / "segdiff", SEGDIFF_TINY)

@@ -24,8 +24,8 @@ import sys
 import matplotlib.figure
 
 import anodiff.io as io
-import anodiff.methods.anomaly as anomaly
-import anodiff.methods.scoring as scoring
+import anodiff.methods.anomaly.method as anomaly
+import anodiff.methods.anomaly.scoring as scoring
 import anodiff.prepare.brain as brain
 
 

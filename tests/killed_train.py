@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-import anodiff.methods.anomaly as anomaly
+import anodiff.methods.anomaly.method as anomaly
 import anodiff.modelfolder as modelfolder
 import anodiff.training.loop as loop
 import anodiff.weights as weights

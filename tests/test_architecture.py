@@ -1,6 +1,6 @@
-"""Guard-rails of the layout in docs/ARCHITECTURE.md: imports flow one way, the method table is the only
-place that asks which method a model is, the sampler registry the only place that knows scheduler classes,
-and modules and functions stay short enough to read."""
+"""Guard-rails of the layout in docs/ARCHITECTURE.md: imports flow one way and never in a circle, the method
+table is the only place that asks which method a model is and no method is named outside methods/, the sampler
+registry is the only place that knows scheduler classes, and modules and functions stay short enough to read."""
 
 from __future__ import annotations
 
@@ -15,31 +15,29 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lower layers never import higher ones; within a layer, only a package's own modules import each other.
 LAYERS = {
     "anodiff": 0, "anodiff.errors": 0, "anodiff.progress": 0,
-    "anodiff.outputs": 1,
+    "anodiff.outputs": 1, "anodiff.formats": 1,
     "anodiff.config": 2, "anodiff.io": 2, "anodiff.distributed": 2, "anodiff.figures": 2,
     "anodiff.data": 3, "anodiff.weights": 3,
     "anodiff.models": 4, "anodiff.diffusion": 4, "anodiff.evaluation": 4, "anodiff.prepare": 4,
     "anodiff.training": 5, "anodiff.inference": 5, "anodiff.modelfolder": 5,
     "anodiff.methods": 6,
-    "anodiff.recipes": 7,
+    "anodiff.jobs": 7,
     "anodiff.cli": 8,
 }
 # Longer than MAX_FUNCTION_LINES, and why.
 LONG_FUNCTIONS = {
     # A CLI command: its Typer signature declares each of its eleven options with the help text.
-    "cli/main.py:detect",
+    "anodiff/cli/main.py:detect",
 }
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
 
 
-def sources() -> list[Path]:
-    return sorted([*(ROOT / "anodiff").rglob("*.py"), *(ROOT / "cli").glob("*.py")])
+def sources(root: Path = ROOT) -> list[Path]:
+    return sorted((root / "anodiff").rglob("*.py"))
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    if parts[0] == "cli":
-        parts = ["anodiff", *parts]
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
@@ -51,14 +49,48 @@ def layer_of(module: str) -> tuple[int, str]:
     return LAYERS[key], key
 
 
-def imported(path: Path) -> set[str]:
+def imported(path: Path, root: Path = ROOT) -> set[str]:
+    """The anodiff modules ``path`` imports, anywhere in it (a function's deferred import counts too)."""
+    modules = {module_name(p, root) for p in sources(root)}
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("anodiff"):
-            names.add(node.module)
+            for alias in node.names:  # `from anodiff.data import cases` imports the module anodiff.data.cases
+                full = f"{node.module}.{alias.name}"
+                names.add(full if full in modules else node.module)
         elif isinstance(node, ast.Import):
             names |= {a.name for a in node.names if a.name.startswith("anodiff")}
     return names
+
+
+def import_circles(root: Path = ROOT) -> list[list[str]]:
+    """The strongly connected components of more than one module in the import graph (Tarjan)."""
+    graph = {module_name(p, root): imported(p, root) - {module_name(p, root)} for p in sources(root)}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in graph.get(module, ()):
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            component = []
+            while (top := stack.pop()) != module:
+                component.append(top)
+            if component:
+                circles.append(sorted([module, *component]))
+
+    for module in graph:
+        if module not in index:
+            visit(module)
+    return circles
 
 
 def test_every_module_has_a_layer():
@@ -75,6 +107,37 @@ def test_imports_flow_one_way(path):
             continue
         assert layer < own_layer or (layer == own_layer and key == own_key), (
             f"{module_name(path)} (layer {own_layer}) imports {name} (layer {layer}) against the flow")
+
+
+def test_no_module_imports_itself_in_a_circle():
+    assert import_circles() == []
+
+
+def test_the_circle_finder_finds_one(tmp_path):
+    (tmp_path / "anodiff").mkdir()
+    (tmp_path / "anodiff" / "a.py").write_text("from anodiff.b import x\n")
+    (tmp_path / "anodiff" / "b.py").write_text("def f():\n    from anodiff import a\n")  # deferred: still a circle
+    (tmp_path / "anodiff" / "c.py").write_text("from anodiff.a import y\n")
+    assert import_circles(tmp_path) == [["anodiff.a", "anodiff.b"]]
+
+
+# Method names outside methods/ that mean something else: the sampler named after DDPM's reverse chain, and the
+# config's default model kind.
+OTHER_MEANINGS = {"anodiff/diffusion/sampler.py", "anodiff/config/sections.py"}
+
+
+def test_no_method_is_named_outside_the_methods():
+    from anodiff.methods import METHODS
+
+    offenders = []
+    for path in sources():
+        name = path.relative_to(ROOT).as_posix()
+        if name.startswith("anodiff/methods/") or name in OTHER_MEANINGS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in METHODS:
+                offenders.append(f"{name}:{node.lineno} {node.value!r}")
+    assert not offenders
 
 
 def test_model_kind_is_compared_only_in_the_method_table():

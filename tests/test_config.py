@@ -105,6 +105,7 @@ def test_a_model_folder_saved_before_the_sampler_section_still_loads(tiny_model,
     raw["segmentation"] |= {"num_inference_steps": 99, "eta": 0.0}  # another method's: ignored
     raw["data"]["healthy_only"] = True
     (old / "config.yaml").write_text(yaml.safe_dump(raw))
+    as_format_one(old)
     config = load_model(old).config
     assert config.sampler.num_inference_steps == sampler["num_inference_steps"] and config.sampler.eta == 0.5
 
@@ -124,7 +125,34 @@ def test_a_model_folder_saved_before_the_z_scored_map_keeps_its_map(tiny_model, 
                          ("data", "normalisation")):
         del raw[section][key]
     (old / "config.yaml").write_text(yaml.safe_dump(raw))
+    as_format_one(old)
     config = load_model(old).config
     assert (config.anomaly.score, config.anomaly.combine, config.anomaly.centre, config.anomaly.scale,
             config.data.normalisation) == ("residual", "mean", False, False, "percentiles")
     assert load_model(tiny_model).config.anomaly.score == "zscore"  # today's default, as trained
+
+
+def as_format_one(folder):
+    """Make a model folder look written before meta.json recorded its format."""
+    import json
+
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["format_version"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def test_a_model_folder_of_a_newer_format_is_refused(tiny_model, tmp_path):
+    import json
+    import shutil
+
+    from anodiff.errors import CheckpointError
+    from anodiff.formats import FORMAT_VERSION
+    from anodiff.methods import load_model
+
+    newer = tmp_path / "newer"
+    shutil.copytree(tiny_model, newer)
+    meta = json.loads((newer / "meta.json").read_text())
+    (newer / "meta.json").write_text(json.dumps({**meta, "format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(CheckpointError, match="written by a newer anodiff"):
+        load_model(newer)
+    assert load_model(tiny_model).meta["format_version"] == FORMAT_VERSION

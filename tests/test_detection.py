@@ -7,7 +7,7 @@ import torch
 
 from anodiff.config import AnomalyConfig, ModelConfig, RunConfig, SamplerConfig, SchedulerConfig
 from anodiff.inference.masks import restrict_to_brain
-from anodiff.methods.scoring import score_slices
+from anodiff.methods.anomaly.scoring import score_slices
 from anodiff.models import build_network
 
 
@@ -45,8 +45,8 @@ def test_postprocess_keeps_a_blob_and_zeroes_outside_the_brain():
 
 def test_detect_reports_where_its_time_went(tiny_model, tiny_cohort, tmp_path):
     from anodiff.data.cases import discover
+    from anodiff.jobs import detect_cases
     from anodiff.methods import load_model
-    from anodiff.recipes import detect_cases
 
     case = discover(tiny_cohort).cases[0]
     [outcome] = detect_cases(load_model(tiny_model), [case], lambda c: {"mask": tmp_path / "m.nii.gz"})

@@ -13,19 +13,15 @@ from typer.testing import CliRunner
 
 from anodiff.cli.main import app
 from anodiff.config import AutoencoderConfig
-from anodiff.data.synthetic import write_cohort
+from anodiff.data.cohort import write_cohort
 from anodiff.diffusion.spaces import LatentSpace, latent_scale_factor
 from anodiff.methods import load_model
 from anodiff.models import build_autoencoder, build_discriminator
 from anodiff.training.objectives import AutoencoderObjective
-from tests.conftest import TINY
+from tests.conftest import TINY, TINY_LDM
 
 runner = CliRunner()
 
-TINY_LDM = ["model.kind=ldm", "model.channels=[16,16]", "model.attention_levels=[false,false]",
-            "autoencoder.channels=[8,16]", "autoencoder.norm_num_groups=8", "autoencoder.num_steps=20",
-            "autoencoder.batch_size=8", "autoencoder.lr=1e-3", "autoencoder.adversarial_start=10",
-            "autoencoder.discriminator_layers=1", "autoencoder.discriminator_channels=8"]
 SMALL_AE = AutoencoderConfig(channels=(8, 16), norm_num_groups=8, discriminator_layers=1, discriminator_channels=8,
                              adversarial_start=5)
 
@@ -35,13 +31,6 @@ def train(data, out, *extra: str):
                                  *extra])
     assert result.exit_code == 0, result.output
     return result
-
-
-@pytest.fixture(scope="module")
-def ldm_model(tiny_cohort, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ldm") / "ldm"
-    train(tiny_cohort, out, *TINY_LDM)
-    return out
 
 
 @pytest.mark.parametrize("kind", ["kl", "vq"])
@@ -123,22 +112,6 @@ def test_ldm_model_folder_holds_both_stages(ldm_model):
     assert {p.name for p in (ldm_model / "samples").glob("*.png")} >= {"0000020.png", "0000020_generated.png"}
     model = load_model(ldm_model)
     assert isinstance(model.space, LatentSpace) and model.space.scale_factor == meta["latent_scale_factor"]
-
-
-def test_ldm_detect_and_evaluate_need_no_new_options(ldm_model, tiny_cohort, tmp_path):
-    case = sorted(p for p in tiny_cohort.iterdir() if p.is_dir())[0]
-    out = tmp_path / "mask.nii.gz"
-    result = runner.invoke(app, ["detect", str(case), "--model", str(ldm_model), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    source = nib.load(next(case.glob("*_flair.nii.gz")))
-    mask = nib.load(out)
-    assert mask.shape == source.shape and mask.get_data_dtype() == np.uint8
-    np.testing.assert_allclose(mask.affine, source.affine, atol=1e-5)
-    result = runner.invoke(app, ["evaluate", "--model", str(ldm_model), "--data", str(tiny_cohort),
-                                 "--out", str(tmp_path / "report")])
-    assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert 0 <= report["methods"]["anodiff"]["auroc_pooled"] <= 1
 
 
 def test_both_stages_resume_to_the_uninterrupted_model(ldm_model, tiny_cohort, tmp_path):

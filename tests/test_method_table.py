@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from anodiff.cli.main import app
 from anodiff.data.cases import discover
-from anodiff.inference.cases import prepare
+from anodiff.inference.cases import preprocess
 from anodiff.inference.masks import min_voxels, remove_small_components
 from anodiff.inference.prediction import Prediction
 from anodiff.methods import METHODS
@@ -39,13 +39,13 @@ class BrightestVoxels(Method):
     def threshold(self, model, given):
         return 0.9 if given is None else given
 
-    def predict(self, model, case, *, threshold, generator=None, samples=None, detail=False, prepared=None,
+    def predict(self, model, case, *, threshold, generator=None, samples=None, detail=False, preprocessed=None,
                 progress=None):
-        prepared = prepare(case, model.modalities, model.config.data)
-        intensity = prepared.on_input_grid(prepared.image[:1] * prepared.brain_grid)[0]
-        mask = remove_small_components(intensity > threshold, min_voxels(0, prepared.reference.spacing_mm))
-        return Prediction(mask=mask, maps={"intensity": intensity}, reference=prepared.reference,
-                          brain=prepared.brain, threshold=threshold)
+        preprocessed = preprocess(case, model.modalities, model.config.data)
+        intensity = preprocessed.on_input_grid(preprocessed.image[:1] * preprocessed.brain_grid)[0]
+        mask = remove_small_components(intensity > threshold, min_voxels(0, preprocessed.reference.spacing_mm))
+        return Prediction(mask=mask, maps={"intensity": intensity}, reference=preprocessed.reference,
+                          brain=preprocessed.brain, threshold=threshold)
 
 
 def test_a_new_method_runs_through_the_cli(tiny_cohort, tmp_path, monkeypatch):

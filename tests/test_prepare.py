@@ -27,7 +27,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def raw_cohort(tmp_path_factory) -> Path:
     """Three raw synthetic cases at 3 mm: a glioma, white-matter lesions, a healthy subject."""
-    from anodiff.data.synthetic import write_cohort
+    from anodiff.data.cohort import write_cohort
 
     out = tmp_path_factory.mktemp("raw") / "raw"
     write_cohort(out, 3, seed=1, spacing_mm=SPACING, raw=True, healthy_fraction=1 / 3,

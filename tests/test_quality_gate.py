@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from anodiff.cli.main import app
-from anodiff.data.synthetic import write_cohort
+from anodiff.data.cohort import write_cohort
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SPACING_MM = 3.0

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from anodiff.cli.main import app
 from anodiff.config import DataConfig, load_config
 from anodiff.data.cases import discover
+from anodiff.data.cohort import read_cohort_info
 from anodiff.data.datasets import volume_dataset
-from anodiff.data.synthetic import read_cohort_info
 from anodiff.errors import AnodiffError
 from anodiff.io import read_volume
 from anodiff.methods import load_model

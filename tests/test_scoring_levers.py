@@ -17,7 +17,7 @@ from anodiff.data.transforms import BRAIN, IMAGE, NormalizeInsideBraind
 from anodiff.errors import ConfigError, DataError
 from anodiff.inference.standardise import ResidualStats, combine, edge_strength
 from anodiff.methods import validate
-from anodiff.methods.scoring import anomaly_grid, passes_per_input, reconstruct_slices
+from anodiff.methods.anomaly.scoring import anomaly_grid, passes_per_input, reconstruct_slices
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -152,7 +152,7 @@ def test_calibration_fits_the_healthy_statistics_a_zscore_model_detects_with(tin
 
     from anodiff.data.cases import discover
     from anodiff.methods import load_model, method_for
-    from anodiff.methods.anomaly import residual_stats
+    from anodiff.methods.anomaly.method import residual_stats
 
     meta = json.loads((tiny_model / "meta.json").read_text())
     stats = ResidualStats.from_dict(meta["residual_stats"])

@@ -18,12 +18,11 @@ from anodiff.diffusion.sampler import build_scheduler
 from anodiff.diffusion.spaces import to_model_range
 from anodiff.errors import ConfigError
 from anodiff.evaluation.segmentation import border_zones, region_masks
-from anodiff.methods.segdiff import sample_slices
+from anodiff.methods.segdiff.prediction import sample_slices
 from anodiff.models import build_network
 from anodiff.training.loop import fit
 from anodiff.training.objectives import DenoisingObjective
-
-SEGDIFF_TINY = str(Path(__file__).resolve().parents[1] / "configs" / "segdiff_tiny.yaml")
+from tests.conftest import SEGDIFF_TINY
 
 
 def tiny_segdiff(**train) -> RunConfig:
@@ -113,15 +112,6 @@ def test_border_zones_split_the_brain():
     assert (zones["border"] | zones["inside"] | zones["outside"]).all()  # and covering the brain
     assert zones["inside"].sum() > 0 and not (zones["inside"] & ~truth).any()
     assert not (zones["outside"] & truth).any()
-
-
-@pytest.fixture(scope="module")
-def segdiff_model(tiny_cohort, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "segdiff"
-    result = CliRunner().invoke(app, ["train", "--data", str(tiny_cohort), "--config", SEGDIFF_TINY, "--out",
-                                      str(out), "--device", "cpu"])
-    assert result.exit_code == 0, result.output
-    return out
 
 
 def test_train_detect_evaluate(segdiff_model, tiny_cohort, tmp_path):

@@ -16,16 +16,16 @@ from anodiff.cli.main import app
 from anodiff.config import DataConfig, load_config
 from anodiff.data.anomalies import KINDS, MASS_CONTRAST, SIZE_STRATA_ML, insert, plan
 from anodiff.data.cases import discover
+from anodiff.data.cohort import read_cohort_info
 from anodiff.data.datasets import SliceDataset, away_from_label
-from anodiff.data.synthetic import read_cohort_info
 from anodiff.diffusion.noise import checkerboard
 from anodiff.diffusion.sampler import build_scheduler, reconstruct
 from anodiff.errors import ConfigError
 from anodiff.evaluation.metrics import SIZE_BINS_ML
 from anodiff.inference.standardise import ResidualStats, edge_strength
 from anodiff.methods import validate
-from anodiff.methods.scoring import anomaly_grid, cell_groups, passes_per_input, reconstruct_slices
-from anodiff.methods.sensitivity import summarise
+from anodiff.methods.anomaly.scoring import anomaly_grid, cell_groups, passes_per_input, reconstruct_slices
+from anodiff.methods.anomaly.sensitivity import summarise
 from anodiff.training.objectives import DenoisingObjective, random_cells
 from tests.conftest import TINY
 

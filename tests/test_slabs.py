@@ -18,8 +18,8 @@ from anodiff.data.slabs import GUARD, axial_positions, guarded, held_out_slabs, 
 from anodiff.data.transforms import BRAIN
 from anodiff.errors import ConfigError
 from anodiff.methods import load_model, load_recipe
-from anodiff.methods.anomaly import with_anomaly_settings
-from anodiff.methods.calibration import calibrate
+from anodiff.methods.anomaly.calibration import calibrate
+from anodiff.methods.anomaly.method import with_anomaly_settings
 from tests.conftest import TINY, brain_phantom
 
 

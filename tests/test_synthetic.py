@@ -9,7 +9,8 @@ import pytest
 from scipy import ndimage
 
 from anodiff.data.cases import discover
-from anodiff.data.synthetic import LESION_KINDS, plan_kinds, render_subject, write_cohort
+from anodiff.data.cohort import write_cohort
+from anodiff.data.synthetic import LESION_KINDS, plan_kinds, render_subject
 from anodiff.errors import DataError
 
 SPACING = 3.0  # mm; coarse enough for seconds per subject

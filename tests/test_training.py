@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from anodiff.config import TrainConfig
+from anodiff.errors import TrainingError
 from anodiff.training.loop import fit
 
 
@@ -53,3 +54,11 @@ def test_cosine_schedule_decays_the_rate_to_zero_and_resumes_where_it_stopped(tm
     constant, _ = fit(Line(), target, replace(CONFIG, lr_schedule="constant"),
                       tmp_path / "constant", device=torch.device("cpu"))
     assert not torch.equal(constant.w, uninterrupted.w)  # the schedule changed the steps taken
+
+
+def test_a_diverging_loss_stops_training_with_a_training_error(tmp_path):
+    def blows_up(generator: torch.Generator) -> dict:
+        return {"x0": torch.tensor([float("inf")])}
+
+    with pytest.raises(TrainingError, match="diverged at step 0"):
+        fit(Line(), blows_up, CONFIG, tmp_path / "diverged", device=torch.device("cpu"))

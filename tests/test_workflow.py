@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from anodiff.cli.main import app
+from anodiff.formats import FORMAT_VERSION
 from tests.conftest import OBLIQUE_AFFINE, TINY
 
 runner = CliRunner()
@@ -28,8 +29,8 @@ def test_model_folder_contract(tiny_model):
         p.name for p in tiny_model.iterdir()}
     meta = json.loads((tiny_model / "meta.json").read_text())
     assert meta["modalities"] == ["flair", "t1", "t1ce", "t2"]
-    assert meta["threshold"] > 0 and meta["baseline_threshold"] > 0
-    assert meta["baseline_thresholds"] == {"flair": meta["baseline_threshold"]}  # a model with FLAIR: one baseline
+    assert meta["threshold"] > 0 and meta["format_version"] == FORMAT_VERSION
+    assert list(meta["baseline_thresholds"]) == ["flair"] and meta["baseline_thresholds"]["flair"] > 0
     assert set(meta["sensitivity"]) == {"kinds", "sizes", "all", "healthy_voxels"}
     assert set(meta["versions"]) == {"anodiff", "torch", "monai"}
     assert meta["training_data"]["calibration_cases"]
@@ -173,11 +174,11 @@ def test_output_equal_to_an_input_is_refused(tiny_model, tiny_cohort, tmp_path):
 
 
 def test_a_failing_case_leaves_no_half_output_and_the_batch_goes_on(tiny_model, tiny_cohort, tmp_path, monkeypatch):
-    import anodiff.methods.anomaly as anomaly
-    import anodiff.recipes as recipes
+    import anodiff.jobs as jobs
+    import anodiff.methods.anomaly.method as anomaly
     from anodiff.errors import DataError
 
-    real_write, real_detect = recipes.write_volume, anomaly.detect
+    real_write, real_detect = jobs.write_volume, anomaly.detect
     victims = sorted(p.name for p in tiny_cohort.iterdir() if p.is_dir())[:2]
 
     def write_volume(data, path, **kwargs):  # the map of the first case cannot be written
@@ -190,7 +191,7 @@ def test_a_failing_case_leaves_no_half_output_and_the_batch_goes_on(tiny_model, 
             raise RuntimeError("boom")
         return real_detect(network, config, case, *args, **kwargs)
 
-    monkeypatch.setattr(recipes, "write_volume", write_volume)
+    monkeypatch.setattr(jobs, "write_volume", write_volume)
     monkeypatch.setattr(anomaly, "detect", detect)
     out = tmp_path / "out"
     result = invoke("detect", tiny_cohort, "--model", tiny_model, "--out", out)

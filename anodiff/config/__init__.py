@@ -2,13 +2,10 @@
 overrides (:mod:`.loading`)."""
 
 from anodiff.config.loading import (
-    MOVED_KEYS,
-    REMOVED_KEYS,
     build,
     config_to_dict,
     config_to_yaml,
     load_config,
-    upgrade_saved,
     with_overrides,
 )
 from anodiff.config.sections import (
@@ -27,7 +24,7 @@ from anodiff.config.sections import (
 from anodiff.errors import ConfigError
 
 __all__ = [
-    "MOVED_KEYS", "NAMED_REGIONS", "REMOVED_KEYS", "AnomalyConfig", "AutoencoderConfig", "ConfigError", "DataConfig",
+    "NAMED_REGIONS", "AnomalyConfig", "AutoencoderConfig", "ConfigError", "DataConfig",
     "ModelConfig", "RunConfig", "SamplerConfig", "SchedulerConfig", "SegmentationConfig", "TrainConfig", "build",
-    "config_to_dict", "config_to_yaml", "load_config", "region_labels", "upgrade_saved", "with_overrides",
+    "config_to_dict", "config_to_yaml", "load_config", "region_labels", "with_overrides",
 ]

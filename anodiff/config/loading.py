@@ -1,4 +1,4 @@
-"""Reading a config: YAML recipes, dotted overrides, saved model folders.
+"""Reading a config: YAML recipes, dotted overrides, saved model folders (older ones through :mod:`anodiff.formats`).
 
 The loader uses ``yaml.safe_load`` (a config never runs code), rejects unknown
 keys naming the file, the dotted key and the nearest valid key (or where a moved
@@ -20,28 +20,7 @@ import yaml
 
 from anodiff.config.sections import RunConfig
 from anodiff.errors import ConfigError
-
-# Keys that moved or went: a recipe naming one fails with a line saying where it went. Model
-# folders written before the move still load (:func:`upgrade_saved`).
-MOVED_KEYS = {
-    "anomaly.sampler": "sampler.kind",
-    "anomaly.num_inference_steps": "sampler.num_inference_steps",
-    "anomaly.eta": "sampler.eta",
-    "segmentation.num_inference_steps": "sampler.num_inference_steps",
-    "segmentation.eta": "sampler.eta",
-}
-# Keys added since: a model folder saved without one keeps the behaviour it was calibrated with.
-ADDED_KEYS = {
-    "data.normalisation": "percentiles",
-    "anomaly.score": "residual",
-    "anomaly.combine": "mean",
-    "anomaly.centre": False,
-    "anomaly.scale": False,
-}
-REMOVED_KEYS = {
-    "data.healthy_only": "each method chooses its slices (healthy ones, or all for segdiff)",
-    "train.num_workers": "training slices are held in memory, no loader workers",
-}
+from anodiff.formats import MOVED_KEYS, REMOVED_KEYS
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -83,31 +62,6 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 def config_to_yaml(config: Any) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
-
-
-def upgrade_saved(raw: dict[str, Any], *, sampler_from: str) -> dict[str, Any]:
-    """A saved config.yaml of an older anodiff, in today's keys: the sampler settings of section
-    ``sampler_from`` (the one the model's method used) move to ``sampler``; removed keys are dropped; keys
-    added since take the value that reproduces the old behaviour."""
-    raw = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
-    moved: dict[str, Any] = {}
-    for old, new in MOVED_KEYS.items():
-        section, key = old.split(".")
-        if isinstance(raw.get(section), dict) and key in raw[section]:
-            value = raw[section].pop(key)
-            if section == sampler_from:
-                moved[new.split(".")[1]] = value
-    if moved and "sampler" not in raw:
-        raw["sampler"] = moved
-    for old in REMOVED_KEYS:
-        section, key = old.split(".")
-        if isinstance(raw.get(section), dict):
-            raw[section].pop(key, None)
-    for added, old_value in ADDED_KEYS.items():
-        section, key = added.split(".")
-        if isinstance(raw.get(section), dict):
-            raw[section].setdefault(key, old_value)
-    return raw
 
 
 def with_overrides(config: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:

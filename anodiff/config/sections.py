@@ -228,7 +228,7 @@ class TrainConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class AnomalyConfig:
-    """From reconstruction to mask (see :mod:`anodiff.methods.scoring`); the sampler has its own section."""
+    """From reconstruction to mask (see :mod:`anodiff.methods.anomaly.scoring`); the sampler has its own section."""
 
     t0: int = 250  # noise level the scan is noised to, out of num_train_timesteps
     extra_t0: tuple[int, ...] = ()  # further noise levels; the residuals of all levels are averaged
@@ -310,7 +310,7 @@ def region_labels(region: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True, kw_only=True)
 class SegmentationConfig:
-    """The supervised mode (``model.kind: segdiff``, see :mod:`anodiff.methods.segdiff`); masks are drawn
+    """The supervised mode (``model.kind: segdiff``, see :mod:`anodiff.methods.segdiff.method`); masks are drawn
     with the ``sampler`` section's settings.
 
     Each region is one channel of the diffused mask; regions may overlap (BraTS's

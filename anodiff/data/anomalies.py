@@ -15,7 +15,7 @@ foreign-patch interpolation, Tan et al. 2020, and DISYRE, Marimont & Tarroni 202
 
 Volumes are network-grid tensors (C, H, W, D) in [0, 1] (see
 :mod:`anodiff.data.transforms`); sizes are in millilitres on that grid. This module
-draws and inserts; it runs no network (that is :mod:`anodiff.methods.sensitivity`).
+draws and inserts; it runs no network (that is :mod:`anodiff.methods.anomaly.sensitivity`).
 """
 
 from __future__ import annotations

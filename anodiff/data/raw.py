@@ -28,16 +28,16 @@ from scipy import ndimage
 from anodiff.data.lesions import rotation, smooth_field
 from anodiff.data.synthetic import (
     CaseInfo,
-    _atlas,
-    _contrast,
-    _random_warp,
-    _sample_tissues,
-    _world_coordinates,
     brain_image,
     case_info,
+    draw_contrast,
     draw_lesions,
+    random_warp,
+    sample_tissues,
     save_image,
     save_mask,
+    template_atlas,
+    world_coordinates,
 )
 
 RAW_MODALITIES = ("t1", "t2", "flair")
@@ -62,15 +62,15 @@ def render_raw_subject(seed: int, index: int, kind: str | None, *, spacing_mm: f
     """Render case ``index`` of a raw cohort with ``seed`` (``kind`` None: healthy)."""
     streams = np.random.SeedSequence([seed, index, 1]).spawn(5)
     anatomy_rng, imaging_rng, lesion_rng, noise_rng, pose_rng = (np.random.default_rng(s) for s in streams)
-    atlas = _atlas()
+    atlas = template_atlas()
     affine, shape = _head_grid(spacing_mm)
-    world = _world_coordinates(affine, shape)
-    to_template = _random_warp(anatomy_rng, shape, world, atlas)
+    world = world_coordinates(affine, shape)
+    to_template = random_warp(anatomy_rng, shape, world, atlas)
     points = to_template(world)
-    tissues = _sample_tissues(atlas, points)
+    tissues = sample_tissues(atlas, points)
     tissues, compartments, label, num_lesions = draw_lesions(kind, lesion_rng, world, tissues, affine, to_template)
     layers = _head_layers(points)
-    contrast = _contrast(imaging_rng)
+    contrast = draw_contrast(imaging_rng)
     subject_pose = _pose(pose_rng, 15.0, 15.0)
 
     images = {}
@@ -101,7 +101,7 @@ def _scene(modality: str, tissues: dict, compartments: list, contrast: dict, lay
 @lru_cache(maxsize=1)
 def _distance_mm() -> tuple[np.ndarray, np.ndarray]:
     """Outward distance (mm) from the template brain on the template grid, and that grid's inverse affine."""
-    atlas = _atlas()
+    atlas = template_atlas()
     return ndimage.distance_transform_edt(atlas.brain < 0.5).astype(np.float32), np.linalg.inv(atlas.affine)
 
 
@@ -110,7 +110,7 @@ def _head_layers(points: np.ndarray) -> dict[str, np.ndarray]:
     distance, inverse = _distance_mm()
     voxels = inverse[:3, :3] @ points.reshape(3, -1) + inverse[:3, 3:4]
     d = ndimage.map_coordinates(distance, voxels, order=1, mode="nearest").reshape(points.shape[1:])
-    bottom = _atlas().box_mm[0][2]
+    bottom = template_atlas().box_mm[0][2]
     x, y, z = points
     below = (z < bottom + 30) & (z > bottom - NECK_MM)
 
@@ -125,7 +125,7 @@ def _head_layers(points: np.ndarray) -> dict[str, np.ndarray]:
 
 def _head_grid(spacing_mm: float) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Subject space: the template brain's box with room for the head around it and the neck below (RAS)."""
-    low, high = _atlas().box_mm
+    low, high = template_atlas().box_mm
     low = low - np.array([30.0, 30.0, NECK_MM])
     high = high + 30.0
     shape = tuple(int(np.ceil(e)) for e in (high - low) / spacing_mm)
@@ -137,7 +137,7 @@ def _head_grid(spacing_mm: float) -> tuple[np.ndarray, tuple[int, int, int]]:
 def _scan_grid(rng: np.random.Generator, base_mm: float, *, sagittal: bool) -> tuple[np.ndarray, tuple[int, ...]]:
     """One acquisition's grid: axial (RAS) or sagittal (PSR) voxels, its spacing and a field of view
     reaching a random depth into the neck."""
-    low, high = _atlas().box_mm
+    low, high = template_atlas().box_mm
     low = low - np.array([25.0, 25.0, rng.uniform(25.0, NECK_MM - 10)])
     high = high + np.array([25.0, 25.0, 45.0])  # the top of the head stays in view whatever the pose
     in_plane, thick = base_mm * rng.uniform(1.0, 1.2), base_mm * rng.uniform(1.0, 1.5)
@@ -156,7 +156,7 @@ def _scan_grid(rng: np.random.Generator, base_mm: float, *, sagittal: bool) -> t
 
 def _pose(rng: np.random.Generator, degrees: float, mm: float) -> np.ndarray:
     """A random rigid motion (4, 4), about the template brain's centre."""
-    low, high = _atlas().box_mm
+    low, high = template_atlas().box_mm
     centre = (low + high) / 2
     motion = np.eye(4)
     motion[:3, :3] = rotation(*np.deg2rad(rng.uniform(-degrees, degrees, 3)))

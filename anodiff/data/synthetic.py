@@ -35,10 +35,9 @@ lesion volume, spacing). A case is a pure function of ``(seed, index)``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,10 +45,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from anodiff import outputs
 from anodiff.data.lesions import LESION_MEANS, lesion_compartments, mass_effect, plan_lesions, rotation, smooth_field
 from anodiff.errors import DataError
-from anodiff.progress import Progress
+from anodiff.io import Volume, write_volume
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +94,7 @@ class Subject:
 
 
 @dataclass(frozen=True)
-class _Atlas:
+class Atlas:
     csf: np.ndarray
     gm: np.ndarray
     wm: np.ndarray
@@ -106,7 +104,7 @@ class _Atlas:
 
 
 @lru_cache(maxsize=1)
-def _atlas() -> _Atlas:
+def template_atlas() -> Atlas:
     from nilearn import datasets  # heavy import, only for synthesis
 
     gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).get_fdata(), np.float32)
@@ -117,7 +115,7 @@ def _atlas() -> _Atlas:
     affine = brain_img.affine
     idx = np.argwhere(brain > 0.5)
     corners = np.c_[[idx.min(0), idx.max(0)], [1, 1]] @ affine.T
-    return _Atlas(csf, gm, wm, brain, affine, (corners[0, :3], corners[1, :3]))
+    return Atlas(csf, gm, wm, brain, affine, (corners[0, :3], corners[1, :3]))
 
 
 # ---------------------------------------------------------------- subject
@@ -135,16 +133,16 @@ def render_subject(seed: int, index: int, kind: str | None, *, spacing_mm: float
         raise DataError(f"unknown lesion kind '{kind}'; choose from {', '.join(LESION_KINDS)}")
     streams = np.random.SeedSequence([seed, index]).spawn(4)
     anatomy_rng, imaging_rng, lesion_rng, noise_rng = (np.random.default_rng(s) for s in streams)
-    atlas = _atlas()
+    atlas = template_atlas()
 
     affine, shape = _subject_grid(atlas, imaging_rng, spacing_mm)
-    world = _world_coordinates(affine, shape)  # (3, X, Y, Z) mm, subject space
-    to_template = _random_warp(anatomy_rng, shape, world, atlas)
-    tissues = _sample_tissues(atlas, to_template(world))
+    world = world_coordinates(affine, shape)  # (3, X, Y, Z) mm, subject space
+    to_template = random_warp(anatomy_rng, shape, world, atlas)
+    tissues = sample_tissues(atlas, to_template(world))
 
     tissues, compartments, label, num_lesions = draw_lesions(kind, lesion_rng, world, tissues, affine, to_template,
                                                              with_lesion=with_lesion)
-    contrast = _contrast(imaging_rng)
+    contrast = draw_contrast(imaging_rng)
     images = {}
     for modality in MODALITIES:
         bias = np.exp(smooth_field(imaging_rng, shape, 4, 0.08))
@@ -166,13 +164,13 @@ def draw_lesions(kind: str | None, rng: np.random.Generator, world: np.ndarray, 
     label = np.zeros(world.shape[1:], np.uint8)
     if kind is None:
         return tissues, [], label, 0
-    atlas = _atlas()
+    atlas = template_atlas()
     plan = plan_lesions(kind, rng, world, tissues, affine)
     if not with_lesion:
         return tissues, [], label, len(plan.centres)
     if plan.push_mm > 0:
         displaced = mass_effect(world, plan.centres[0], plan.radii[0].max(), plan.push_mm)
-        tissues = _sample_tissues(atlas, to_template(displaced))
+        tissues = sample_tissues(atlas, to_template(displaced))
     compartments, label = lesion_compartments(kind, plan, world, tissues, rng)
     return tissues, compartments, label, len(plan.centres)
 
@@ -186,7 +184,7 @@ def brain_image(modality: str, tissues: dict, compartments: list, contrast: dict
     return image
 
 
-def _subject_grid(atlas: _Atlas, rng: np.random.Generator, base_mm: float) -> tuple[np.ndarray, tuple[int, int, int]]:
+def _subject_grid(atlas: Atlas, rng: np.random.Generator, base_mm: float) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Voxel spacing, axis flips and field of view of one subject's images."""
     in_plane = base_mm * rng.uniform(1.0, 1.25)
     spacing = np.array([in_plane, in_plane, base_mm * rng.uniform(1.0, 1.6)])
@@ -200,13 +198,13 @@ def _subject_grid(atlas: _Atlas, rng: np.random.Generator, base_mm: float) -> tu
     return affine, shape  # type: ignore[return-value]
 
 
-def _world_coordinates(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+def world_coordinates(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     grid = np.indices(shape, dtype=np.float32).reshape(3, -1)
     world = affine[:3, :3].astype(np.float32) @ grid + affine[:3, 3:4].astype(np.float32)
     return world.reshape(3, *shape)
 
 
-def _random_warp(rng: np.random.Generator, shape, world: np.ndarray, atlas: _Atlas):
+def random_warp(rng: np.random.Generator, shape, world: np.ndarray, atlas: Atlas):
     """A subject -> template map: rigid tilt and scaling about the brain centre, plus a smooth warp."""
     centre = ((atlas.box_mm[0] + atlas.box_mm[1]) / 2).astype(np.float32)
     angles = np.deg2rad(rng.uniform(-4, 4, 3))
@@ -221,7 +219,7 @@ def _random_warp(rng: np.random.Generator, shape, world: np.ndarray, atlas: _Atl
     return to_template
 
 
-def _sample_tissues(atlas: _Atlas, template_mm: np.ndarray) -> dict[str, np.ndarray]:
+def sample_tissues(atlas: Atlas, template_mm: np.ndarray) -> dict[str, np.ndarray]:
     """Trilinear samples of the tissue maps at template-space points (3, X, Y, Z)."""
     inverse = np.linalg.inv(atlas.affine).astype(np.float32)
     flat = template_mm.reshape(3, -1)
@@ -238,7 +236,7 @@ def _sample_tissues(atlas: _Atlas, template_mm: np.ndarray) -> dict[str, np.ndar
     return tissues
 
 
-def _contrast(rng: np.random.Generator) -> dict:
+def draw_contrast(rng: np.random.Generator) -> dict:
     """Per-subject tissue and lesion intensity jitter (about +-6 %)."""
     out = {m: tuple(v * rng.uniform(0.94, 1.06) for v in TISSUE_MEANS[m]) for m in MODALITIES}
     out["lesion_gain"] = tuple(rng.uniform(0.94, 1.06) for _ in MODALITIES)
@@ -260,74 +258,6 @@ def plan_kinds(num_cases: int, seed: int, *, healthy_fraction: float, kinds=LESI
             plan.append(kinds[next_kind % len(kinds)])
             next_kind += 1
     return plan
-
-
-def write_cohort(
-    out: str | Path,
-    num_cases: int,
-    *,
-    seed: int = 0,
-    healthy_fraction: float = 1 / 3,
-    healthy_only: bool = False,
-    kinds: tuple[str, ...] = LESION_KINDS,
-    spacing_mm: float = 1.0,
-    raw: bool = False,
-    overwrite: bool = False,
-    progress: Progress | None = None,
-) -> list[CaseInfo]:
-    """Write a synthetic cohort in the BraTS 2021 layout, plus ``cohort.json``.
-
-    ``raw``: scans as a scanner writes them (:mod:`anodiff.data.raw`: head, pose, own grid per
-    modality, t1 / t2 / flair), with the true brain mask (``<id>_brainmask``) on the t1 grid.
-
-    Raises:
-        DataError: when ``out`` holds files and ``overwrite`` is False, or on bad arguments.
-    """
-    out = Path(out)
-    if num_cases < 1:
-        raise DataError(f"--cases must be at least 1, got {num_cases}")
-    if not 0 <= healthy_fraction <= 1:
-        raise DataError(f"healthy fraction must be in [0, 1], got {healthy_fraction}")
-    if unknown := set(kinds) - set(LESION_KINDS):
-        raise DataError(f"unknown lesion kind(s) {sorted(unknown)}; choose from {', '.join(LESION_KINDS)}")
-    if not outputs.is_empty(out):
-        if not overwrite:
-            raise DataError(f"{out}: folder exists and is not empty (pass --overwrite to replace it)")
-        outputs.check_removable(out, what="cohort folder")
-    plan = plan_kinds(num_cases, seed, healthy_fraction=healthy_fraction, kinds=() if healthy_only else kinds)
-
-    staging = out.with_name(f".{out.name}.partial")
-    outputs.remove(staging)  # what a killed run left behind
-    outputs.mark(staging, "anodiff synth")
-    infos = []
-    for index, kind in enumerate(plan):
-        case_id = f"synth_{seed:03d}_{index:04d}"
-        if raw:
-            from anodiff.data.raw import render_raw_subject, write_raw_case
-
-            infos.append(write_raw_case(staging / case_id, case_id, render_raw_subject(
-                seed, index, kind, spacing_mm=spacing_mm), kind))
-        else:
-            subject = render_subject(seed, index, kind, spacing_mm=spacing_mm)
-            infos.append(_write_case(staging / case_id, case_id, subject, kind))
-        log.debug("wrote %s (%s)", case_id, kind or "healthy")
-        if progress is not None:
-            progress(index + 1, num_cases)
-    modalities = ("t1", "t2", "flair") if raw else MODALITIES
-    meta = {"seed": seed, "spacing_mm": spacing_mm, "raw": raw, "modalities": list(modalities),
-            "label_scheme": "brats2021", "cases": [asdict(i) for i in infos]}
-    (staging / "cohort.json").write_text(json.dumps(meta, indent=2))
-    outputs.remove(out, what="cohort folder")
-    staging.rename(out)  # the cohort appears whole or not at all
-    return infos
-
-
-def _write_case(folder: Path, case_id: str, subject: Subject, kind: str | None) -> CaseInfo:
-    folder.mkdir()
-    for modality, image in subject.images.items():
-        save_image(image, subject.affine, folder / f"{case_id}_{modality}.nii.gz")
-    _save(subject.label, subject.affine, folder / f"{case_id}_seg.nii.gz")
-    return case_info(case_id, kind, subject.num_lesions, subject.label, subject.affine)
 
 
 def save_image(image: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -357,21 +287,4 @@ def save_mask(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 
 def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    img = nib.Nifti1Image(data, affine)
-    img.set_data_dtype(data.dtype)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, path)
-
-
-def read_cohort_info(root: str | Path) -> dict[str, CaseInfo]:
-    """Case id -> CaseInfo from a cohort's ``cohort.json`` (empty if there is none)."""
-    path = Path(root) / "cohort.json"
-    if not path.is_file():
-        return {}
-    try:
-        content = json.loads(path.read_text())
-        return {c["id"]: CaseInfo(**{**c, "shape": tuple(c["shape"]), "spacing_mm": tuple(c["spacing_mm"])})
-                for c in content.get("cases", [])}
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError) as err:
-        raise DataError(f"{path}: not a readable cohort description ({' '.join(str(err).split())})") from err
+    write_volume(data, path, like=Volume(data, affine), dtype=data.dtype, overwrite=True)

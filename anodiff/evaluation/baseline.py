@@ -17,14 +17,6 @@ def baseline_modalities(available: tuple[str, ...] | list[str], modalities: tupl
     return names + [m for m in modalities[:1] if m not in names]
 
 
-def baseline_thresholds(meta: dict, names: list[str]) -> dict[str, float]:
-    """The calibrated thresholds (meta.json) of the baselines ``names`` that the model calibrated, in that order;
-    an older model folder holds one, unnamed, which is the first baseline's."""
-    if "baseline_thresholds" not in meta:
-        return {names[0]: meta["baseline_threshold"]}
-    return {name: meta["baseline_thresholds"][name] for name in names if name in meta["baseline_thresholds"]}
-
-
 def baseline_score(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
     """The intensity baseline: histogram-equalised image inside the brain, in [0, 1]; 0 outside."""
     equalised = exposure.equalize_hist(image, nbins=1024, mask=brain)

@@ -10,10 +10,16 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from anodiff.evaluation.report import Report
+
+class Page(Protocol):
+    """What a page is drawn from (an :class:`anodiff.evaluation.report.Report`)."""
+
+    title: str
+    notes: list[str]
+    tables: list  # of Table: title, columns, rows, note
+    figures: dict
 
 MAX_CASE_FIGURES = 24  # per-case figures inlined; a cohort's others stay in overlays/
 
@@ -30,7 +36,7 @@ img { max-width: 100%; }
 """
 
 
-def to_html(report: Report, images: dict[str, Path], case_figures: list[Path]) -> str:
+def to_html(report: Page, images: dict[str, Path], case_figures: list[Path]) -> str:
     """The page: title, notes, tables, the report's ``images`` ({caption: PNG}), up to
     ``MAX_CASE_FIGURES`` of ``case_figures``, then the settings and versions the figures came from."""
     parts = [f"<h1>{html.escape(report.title)}</h1>"]

@@ -15,22 +15,30 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from anodiff.formats import has_curves
+
 COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:purple")  # anodiff first, as in the overlays
 MARKERS = {"calibrated": ("o", "calibrated"), "validation_best": ("s", "val-best")}
 DPI = 100
 
 
-def report_figures(figures: dict, folder: Path) -> dict[str, Path]:
-    """Every figure of a report (``report.json``'s content) as PNGs in ``folder``; {caption: path}."""
+def detection_figures(figures: dict, folder: Path) -> dict[str, Path]:
+    """An unsupervised report's figures (``report.json``'s content) as PNGs in ``folder``; {caption: path}."""
+    if not has_curves(figures):
+        return {}
+    return _draw({"ROC curves": ("roc.png", _roc), "Precision-recall curves": ("pr.png", _pr),
+                  "Dice against the threshold": ("dice_threshold.png", _dice_threshold),
+                  "Score in healthy and lesion voxels": ("histograms.png", _histograms)}, figures, folder)
+
+
+def segmentation_figures(figures: dict, folder: Path) -> dict[str, Path]:
+    """A segmentation report's figures as PNGs in ``folder``; {caption: path}."""
+    return _draw({"Dice against the number of samples fused": ("dice_by_samples.png", _dice_by_samples)},
+                 figures, folder)
+
+
+def _draw(drawers: dict, figures: dict, folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    if figures.get("kind") == "segdiff":
-        drawers = {"Dice against the number of samples fused": ("dice_by_samples.png", _dice_by_samples)}
-    else:
-        drawers = {"ROC curves": ("roc.png", _roc), "Precision-recall curves": ("pr.png", _pr),
-                   "Dice against the threshold": ("dice_threshold.png", _dice_threshold),
-                   "Score in healthy and lesion voxels": ("histograms.png", _histograms)}
-        if not all("curves" in m for m in figures["methods"].values()):
-            return {}  # a report from before the curves were stored
     written = {}
     for caption, (name, draw) in drawers.items():
         figure = draw(figures)

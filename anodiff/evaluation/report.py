@@ -12,11 +12,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from anodiff.evaluation.html import to_html
-from anodiff.evaluation.plots import report_figures
+from anodiff.evaluation.plots import detection_figures
 from anodiff.outputs import replaced_atomically
 
 
@@ -35,6 +36,8 @@ class Report:
     tables: list[Table]
     figures: dict  # report.json
     rows: list[dict]  # per_case.csv, one per case
+    # figures (report.json's content), folder -> {caption: PNG}: the curves this kind of report draws
+    draw: Callable[[dict, Path], dict[str, Path]] = detection_figures
 
     def to_markdown(self, images: dict[str, str] | None = None, case_figures: list[str] | None = None) -> str:
         """The tables, then ``images`` ({caption: path relative to the Markdown file}) and ``case_figures``."""
@@ -65,7 +68,7 @@ class Report:
         """report.json, per_case.csv, the figures (figures/), summary.md and report.html in ``folder``, each
         replaced atomically; the per-case figures already in ``folder/overlays`` join the Markdown and HTML."""
         folder.mkdir(parents=True, exist_ok=True)
-        images = report_figures(self.figures, folder / "figures")
+        images = self.draw(self.figures, folder / "figures")
         cases = sorted(p for p in (folder / "overlays").glob("*.png")) if (folder / "overlays").is_dir() else []
         relative = lambda path: path.relative_to(folder).as_posix()  # noqa: E731
         # report.json last: a folder holding it is a finished report (an interrupted evaluation is not).

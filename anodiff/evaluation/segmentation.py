@@ -12,6 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from anodiff.evaluation.metrics import auprc, auroc, dice, hd95, nanmean, nanstd
+from anodiff.evaluation.plots import segmentation_figures
 from anodiff.evaluation.report import Report, Table, fmt, mean_std
 
 ZONES = ("border", "inside", "outside")
@@ -78,7 +79,7 @@ def segmentation_report(figures: dict, rows: list[dict]) -> Report:
              "empty); AUROC/AUPRC: pooled over brain voxels, on the fused probability."]
     return Report(title=title, notes=notes, tables=[_methods_table(figures), _curve_table(figures),
                                                     _zones_table(figures)], figures={**figures, "cases": rows},
-                  rows=rows)
+                  rows=rows, draw=segmentation_figures)
 
 
 def _methods_table(figures: dict) -> Table:

@@ -1,8 +1,8 @@
 """Cases as a model takes them: named from the command line, matched to the model's modalities, preprocessed.
 
-:func:`prepare` runs the model's preprocessing chain once and keeps it, so any
+:func:`preprocess` runs the model's preprocessing chain once and keeps it, so any
 map computed on the network's grid can go back to the scan's own grid
-(:meth:`PreparedCase.on_input_grid`, MONAI's inverse of the chain).
+(:meth:`PreprocessedCase.on_input_grid`, MONAI's inverse of the chain).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from anodiff.io import Volume, strip_image_suffix
 
 
 @dataclass(frozen=True)
-class PreparedCase:
+class PreprocessedCase:
     """A case through the model's chain: ``image`` (C, H, W, D) in [0, 1] and ``brain_grid`` (1, H, W, D)
     on the network's grid; ``reference``, the first modality as read, whose grid every output takes."""
 
@@ -48,7 +48,7 @@ class PreparedCase:
 
     @property
     def label_grid(self) -> torch.Tensor | None:
-        """(1, H, W, D) label values on the network's grid, when prepared ``with_label`` from a labelled case."""
+        """(1, H, W, D) label values on the network's grid, when preprocessed ``with_label`` from a labelled case."""
         return self.item[LABEL].as_tensor() if LABEL in self.item else None
 
     @property
@@ -65,10 +65,10 @@ class PreparedCase:
         return to_input_grid(self.chain, self.item[IMAGE], values).numpy().astype(np.float32)
 
 
-def prepare(case: Case, modalities: tuple[str, ...], data_cfg: DataConfig, spatial_dims: int = 2, *,
-            with_label: bool = False) -> PreparedCase:
+def preprocess(case: Case, modalities: tuple[str, ...], data_cfg: DataConfig, spatial_dims: int = 2, *,
+            with_label: bool = False) -> PreprocessedCase:
     """Preprocess one case for a model (the chain of :mod:`anodiff.data.transforms`); ``with_label`` also
-    takes its label (when it has one) onto the network grid (:attr:`PreparedCase.label_grid`)."""
+    takes its label (when it has one) onto the network grid (:attr:`PreprocessedCase.label_grid`)."""
     missing = [m for m in modalities if m not in case.images]
     if missing:
         raise DataError(
@@ -81,7 +81,7 @@ def prepare(case: Case, modalities: tuple[str, ...], data_cfg: DataConfig, spati
     if not with_label:
         item.pop("label_path", None)
     with anodiff_errors():
-        return PreparedCase(chain, chain(item))
+        return PreprocessedCase(chain, chain(item))
 
 
 def match_modalities(case: Case, modalities: tuple[str, ...]) -> Case:

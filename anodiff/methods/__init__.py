@@ -1,25 +1,28 @@
 """The method table: ``model.kind`` -> the one object that builds, trains, loads, predicts with, validates
 and evaluates that method (:class:`~anodiff.methods.base.Method`).
 
-The recipes, the model folder's loading and the CLI go through :func:`method_for`
-and never compare ``model.kind`` themselves. Adding a method = one module here
-(a :class:`~anodiff.methods.base.Method` subclass and its instance) and one
-entry in :data:`METHODS`; a method with settings of its own adds its section to
-:mod:`anodiff.config.sections`.
+A loaded model carries its method (``model.method``, set by :func:`load_model`)
+and a report.json names the kind that wrote it (:func:`method_of_report`), so the
+jobs and the CLI never compare ``model.kind`` or name a method. Adding a method =
+one folder here (a :class:`~anodiff.methods.base.Method` subclass and its
+instance, with whatever modules it needs) and one entry in :data:`METHODS`; a
+method with settings of its own adds its section to :mod:`anodiff.config.sections`.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from anodiff.config import RunConfig, build, load_config, upgrade_saved
+from anodiff.config import RunConfig, build, load_config
 from anodiff.errors import CheckpointError, ConfigError
+from anodiff.formats import report_kind, upgrade_model
+from anodiff.methods.anomaly.ddpm import DDPM
+from anodiff.methods.anomaly.ldm import LDM
 from anodiff.methods.base import Method
-from anodiff.methods.ddpm import DDPM
-from anodiff.methods.ldm import LDM
-from anodiff.methods.segdiff import SEGDIFF
+from anodiff.methods.segdiff.method import SEGDIFF
 from anodiff.modelfolder import TrainedModel, read_folder
 
 METHODS: dict[str, Method] = {method.kind: method for method in (DDPM, LDM, SEGDIFF)}
@@ -44,6 +47,11 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
     return validate(load_config(path, overrides))
 
 
+def method_of_report(figures: dict) -> Method:
+    """The method whose evaluation wrote a report.json (one that does not say is a pixel-space detector's)."""
+    return method_for(report_kind(figures) or DDPM.kind)
+
+
 def kinds_where(wanted) -> list[str]:
     """The kinds whose method satisfies ``wanted(method)``, for messages that say which kinds offer an option."""
     return [kind for kind, method in METHODS.items() if wanted(method)]
@@ -57,8 +65,8 @@ def load_model(folder: str | Path, *, device: torch.device | str = "cpu") -> Tra
         if not isinstance(raw, dict):
             raise ConfigError("a config must be a mapping of sections")
         method = method_for((raw.get("model") or {}).get("kind", "ddpm"))
-        raw = upgrade_saved(raw, sampler_from=method.sampler_section)
+        raw, meta = upgrade_model(raw, meta, sampler_from=method.sampler_section)
         config = validate(build(RunConfig, raw, source=str(folder / "config.yaml"), base_dir=folder))
-    except ConfigError as err:
+    except (ConfigError, CheckpointError) as err:
         raise CheckpointError(f"{folder}: unreadable config.yaml or meta.json ({' '.join(str(err).split())})") from err
-    return method.load(folder, config, meta, torch.device(device))
+    return replace(method.load(folder, config, meta, torch.device(device)), method=method)

@@ -3,7 +3,7 @@
 A method builds its networks, trains them into a model folder, loads that folder,
 predicts one case (a :class:`~anodiff.inference.prediction.Prediction` with named
 maps), checks the config settings that only it reads, and evaluates itself. The
-recipes and the CLI call these and nothing else, so they never ask which method
+jobs and the CLI call these and nothing else, so they never ask which method
 a model is.
 """
 
@@ -11,21 +11,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import yaml
-from torch import nn
 
+from anodiff import distributed
 from anodiff.config import RunConfig, config_to_dict
 from anodiff.data.cases import Case
 from anodiff.errors import ConfigError
 from anodiff.evaluation.report import Report
-from anodiff.inference.cases import PreparedCase
+from anodiff.inference.cases import PreprocessedCase
 from anodiff.inference.prediction import Prediction
 from anodiff.modelfolder import TrainedModel
+from anodiff.prepare import preparation_record
 from anodiff.progress import Progress
+
+T = TypeVar("T")
 
 
 class Method:
@@ -36,6 +39,7 @@ class Method:
     draws_samples: bool = False  # takes `--samples`
     activity: str = "detecting"  # what `anodiff detect`'s progress bar says it does
     sampler_section: str = ""  # where configs before the `sampler` section kept its settings
+    evaluate_settings: tuple[str, ...] = ("sampler.",)  # the config sections `evaluate` may change after training
 
     def validate(self, config: RunConfig) -> None:
         """Raise ConfigError for settings this method cannot run with."""
@@ -55,7 +59,7 @@ class Method:
         raise NotImplementedError
 
     def predict(self, model: TrainedModel, case: Case, *, threshold: float, generator: torch.Generator | None = None,
-                samples: int | None = None, detail: bool = False, prepared: PreparedCase | None = None,
+                samples: int | None = None, detail: bool = False, preprocessed: PreprocessedCase | None = None,
                 progress: Progress | None = None) -> Prediction:
         """One case on its own grid; ``detail`` adds the maps only an evaluation needs."""
         raise NotImplementedError
@@ -74,6 +78,23 @@ class Method:
         """The labelled cases of ``data`` scored beside this method's reference; per-case PNGs to ``overlays``."""
         raise NotImplementedError
 
+    def check_evaluate_overrides(self, overrides: list[str]) -> None:
+        """Raise ConfigError for an override of a setting that cannot change after training."""
+        bad = [o for o in overrides if not o.strip().startswith(self.evaluate_settings)]
+        if bad:
+            wanted = " and ".join(f"{section}*" for section in self.evaluate_settings)
+            raise ConfigError(f"a {self.kind} model takes only {wanted} settings after training, not {bad[0]!r}")
+
+    def check_samples(self, model: TrainedModel, samples: int | None, kinds_that_draw: list[str]) -> None:
+        """Raise ConfigError for ``--samples`` / ``--uncertainty`` given to a method that draws no samples."""
+        if samples is not None and not self.draws_samples:
+            raise ConfigError(f"{model.folder}: a {self.kind} model draws no samples; --samples and --uncertainty "
+                              f"are for {' and '.join(kinds_that_draw)} models")
+
+    def report_of(self, figures: dict) -> Report:
+        """The report of one of this method's evaluations from its ``report.json`` content alone."""
+        raise NotImplementedError
+
 
 def check_image_size(config: RunConfig, factor: int) -> None:
     if config.data.image_size % factor:
@@ -89,8 +110,8 @@ def checkpoint_identity(config: RunConfig) -> str:
     return yaml.safe_dump(identity)
 
 
-def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
-    """``build()`` with the global RNG seeded (MONAI initialises from it), left as it was afterwards."""
+def seeded(build: Callable[[], T], seed: int) -> T:
+    """``build()`` (networks) with the global RNG seeded (MONAI initialises from it), left as it was afterwards."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return build()
@@ -103,3 +124,22 @@ def preview_inputs(dataset, count: int = 4) -> torch.Tensor:
 
 def peak_gpu_memory_mb() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
+def training_meta(kind: str, data: Path, layouts, modalities: tuple[str, ...], config: RunConfig,
+                  train_cases: list[Case], rank_cases: list[Case], **counts) -> dict:
+    """What meta.json records of the data a model was trained on: ``counts`` (cases held out, inputs) join the
+    ``training_data`` section."""
+    return {
+        "kind": kind,
+        "modalities": list(modalities),
+        "preprocessing": config_to_dict(config.data),
+        "preparation": preparation_record(data),
+        "training_data": {
+            "root": str(data.resolve()),
+            "train_cases": [c.id for c in train_cases],
+            **counts,
+            "cases_per_process": distributed.gather([c.id for c in rank_cases]),
+            "layouts": list(layouts),
+        },
+    }

@@ -30,7 +30,7 @@ from torch import nn
 
 from anodiff import distributed
 from anodiff.config import TrainConfig
-from anodiff.errors import CheckpointError
+from anodiff.errors import TrainingError
 from anodiff.figures import save_loss_curve
 from anodiff.progress import Progress
 from anodiff.training.checkpoints import CHECKPOINT, load_checkpoint, save_checkpoint
@@ -181,7 +181,7 @@ def _train_step(trained: nn.Module, objective: nn.Module, optimizer, sample_batc
     # The mean over ranks: every rank then agrees on divergence and logs the same value.
     mean_loss = float(distributed.all_reduce_sum(loss_tensor.float()[None])[0]) / distributed.world_size()
     if not math.isfinite(mean_loss):
-        raise CheckpointError(f"training diverged at step {step} (loss {mean_loss}); lower the learning rate")
+        raise TrainingError(f"training diverged at step {step} (loss {mean_loss}); lower the learning rate")
     optimizer.zero_grad(set_to_none=True)
     loss_tensor.backward()
     if cfg.grad_clip > 0:

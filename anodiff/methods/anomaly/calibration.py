@@ -21,13 +21,13 @@ from anodiff.evaluation.baseline import baseline_modalities, baseline_score
 from anodiff.evaluation.floor import floor_figures, floor_samples, ssim_map, tissue_zones, zone_modality
 from anodiff.evaluation.metrics import calibrate_threshold
 from anodiff.figures import BLUE, RED, focus_slice, ras_view, save_overlay
-from anodiff.inference.cases import PreparedCase, prepare
+from anodiff.inference.cases import PreprocessedCase, preprocess
 from anodiff.inference.prediction import Prediction
 from anodiff.inference.standardise import ResidualStats, edge_strength
 from anodiff.io import read_volume
-from anodiff.methods.scoring import finish, reconstruct_volume, scored_residuals
-from anodiff.methods.sensitivity import CASES as SENSITIVITY_CASES
-from anodiff.methods.sensitivity import sensitivity_check
+from anodiff.methods.anomaly.scoring import finish, reconstruct_volume, scored_residuals
+from anodiff.methods.anomaly.sensitivity import CASES as SENSITIVITY_CASES
+from anodiff.methods.anomaly.sensitivity import sensitivity_check
 from anodiff.modelfolder import TrainedModel
 from anodiff.progress import Progress
 
@@ -63,10 +63,10 @@ def calibrate(model: TrainedModel, healthy_cases: list[Case], *, slabs: dict[str
     modality = zone_modality(model.modalities)
     fitted_on = len(kept)
     for index, case in enumerate(healthy_cases):
-        prepared, grid = kept.pop(index) if index in kept else reconstructed(model, case, seed)
+        preprocessed, grid = kept.pop(index) if index in kept else reconstructed(model, case, seed)
         if len(lent) < SENSITIVITY_CASES:
-            lent.append((prepared, grid, healthy_grid(prepared, config, slabs.get(case.id))))
-        result = finish(prepared, grid, config, stats, threshold=np.inf, detail=True)
+            lent.append((preprocessed, grid, healthy_grid(preprocessed, config, slabs.get(case.id))))
+        result = finish(preprocessed, grid, config, stats, threshold=np.inf, detail=True)
         healthy = calibration_voxels(case, result, slabs.get(case.id), config.train.margin_mm)
         model_scores.append(result.maps["score"][healthy])
         for name in baseline_modalities(list(case.images), model.modalities):
@@ -84,7 +84,6 @@ def calibrate(model: TrainedModel, healthy_cases: list[Case], *, slabs: dict[str
     return {
         "threshold": calibrate_threshold(model_scores, fpr),
         "baseline_thresholds": {name: calibrate_threshold(values, fpr) for name, values in baseline_scores.items()},
-        "baseline_threshold": calibrate_threshold(next(iter(baseline_scores.values())), fpr),
         "calibration": {"fpr": fpr, "cases": [c.id for c in healthy_cases],
                         "voxels": int(sum(s.size for s in model_scores))},
         "residual_stats": stats.to_dict() if stats is not None else None,
@@ -93,21 +92,22 @@ def calibrate(model: TrainedModel, healthy_cases: list[Case], *, slabs: dict[str
     }
 
 
-def reconstructed(model: TrainedModel, case: Case, seed: int) -> tuple[PreparedCase, dict[str, torch.Tensor]]:
-    """A calibration case prepared (with its label on the network grid) and reconstructed."""
-    prepared = prepare(case, model.modalities, model.config.data, model.config.model.spatial_dims, with_label=True)
-    grid = reconstruct_volume(model.network, prepared, model.config, space=model.space,
+def reconstructed(model: TrainedModel, case: Case, seed: int) -> tuple[PreprocessedCase, dict[str, torch.Tensor]]:
+    """A calibration case preprocessed (with its label on the network grid) and reconstructed."""
+    preprocessed = preprocess(case, model.modalities, model.config.data, model.config.model.spatial_dims,
+                              with_label=True)
+    grid = reconstruct_volume(model.network, preprocessed, model.config, space=model.space,
                               generator=torch.Generator().manual_seed(seed))
-    return prepared, grid
+    return preprocessed, grid
 
 
-def healthy_samples(prepared: PreparedCase, grid: dict[str, torch.Tensor], config: RunConfig, seed: int,
+def healthy_samples(preprocessed: PreprocessedCase, grid: dict[str, torch.Tensor], config: RunConfig, seed: int,
                     limit: int = 200_000, slab: Slab | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Residual, reconstruction and edge strength (C, N) of up to ``limit`` healthy brain voxels of one case on
     the network grid: brain slices with no label voxel on them or next to them (a 3D model: a lesion-free volume),
     within ``slab`` when one is given."""
     spatial_dims = config.model.spatial_dims
-    where = np.flatnonzero(healthy_grid(prepared, config, slab))
+    where = np.flatnonzero(healthy_grid(preprocessed, config, slab))
     if where.size > limit:
         where = np.sort(np.random.default_rng(seed).choice(where, limit, replace=False))
     residual, reconstruction = scored_residuals(grid, config)
@@ -116,16 +116,17 @@ def healthy_samples(prepared: PreparedCase, grid: dict[str, torch.Tensor], confi
     return flat(residual), flat(reconstruction), flat(edges)
 
 
-def healthy_grid(prepared: PreparedCase, config: RunConfig, slab: Slab | None = None) -> np.ndarray:
+def healthy_grid(preprocessed: PreprocessedCase, config: RunConfig, slab: Slab | None = None) -> np.ndarray:
     """Bool (H, W, D) on the network grid: the brain on axial slices with no label voxel on them or next to them
     (a 3D model: a lesion-free volume, else nothing), or the brain away from the label by ``train.label_margin_mm``
     (``train.healthy_tissue: margin``); within ``slab`` when one is given."""
-    inside = prepared.brain_grid[0].numpy() > 0
+    inside = preprocessed.brain_grid[0].numpy() > 0
     if slab is not None:
         inside = inside & slab_region(inside, np.eye(4), slab)  # the network grid is RAS
-    label = prepared.label_grid
+    label = preprocessed.label_grid
     if config.train.margin_mm is not None:
-        away = away_from_label(prepared.brain_grid, label, grid_spacing(prepared.item["image"]), config.train.margin_mm)
+        away = away_from_label(preprocessed.brain_grid, label, grid_spacing(preprocessed.item["image"]),
+                               config.train.margin_mm)
         return inside & away[0].numpy()
     if label is not None and (label > 0).any():
         if config.model.spatial_dims == 3:

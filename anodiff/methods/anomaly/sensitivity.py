@@ -21,9 +21,9 @@ from anodiff.config import RunConfig
 from anodiff.data.anomalies import KINDS, insert, plan
 from anodiff.data.datasets import grid_spacing
 from anodiff.evaluation.metrics import SIZE_BINS_ML, auprc, auroc, size_bin
-from anodiff.inference.cases import PreparedCase
+from anodiff.inference.cases import PreprocessedCase
 from anodiff.inference.standardise import ResidualStats
-from anodiff.methods.scoring import anomaly_grid, reconstruct_grid
+from anodiff.methods.anomaly.scoring import anomaly_grid, reconstruct_grid
 from anodiff.modelfolder import TrainedModel
 
 CASES = 4  # calibration volumes that lend copies
@@ -32,22 +32,22 @@ PER_COPY = 6  # anomalies per copy, apart from each other
 HEALTHY_SAMPLE = 300_000  # healthy voxels kept for the metrics
 
 
-def sensitivity_check(model: TrainedModel, volumes: list[tuple[PreparedCase, dict, np.ndarray]],
+def sensitivity_check(model: TrainedModel, volumes: list[tuple[PreprocessedCase, dict, np.ndarray]],
                       stats: ResidualStats | None, *, seed: int = 0) -> dict:
-    """AUROC and AUPRC of the map on anomalies inserted into ``volumes``: (prepared case, its healthy
+    """AUROC and AUPRC of the map on anomalies inserted into ``volumes``: (preprocessed case, its healthy
     :func:`~anodiff.methods.scoring.reconstruct_volume` grid, where anomalies may go (H, W, D) bool, e.g. away
     from a label). Figures by kind, by size bin and over all, with the counts."""
     healthy, found = [], []  # healthy scores; (kind, ml, scores) per anomaly
-    for index, (prepared, grid, allowed) in enumerate(volumes[:CASES]):
+    for index, (preprocessed, grid, allowed) in enumerate(volumes[:CASES]):
         rng = np.random.default_rng([seed, index])
-        brain = prepared.brain_grid[0].numpy() > 0
+        brain = preprocessed.brain_grid[0].numpy() > 0
         for copy in range(COPIES):
             draws = plan(PER_COPY, rng, offset=(index * COPIES + copy) * PER_COPY)
-            image, inserted = insert(prepared.image.numpy(), brain, grid_spacing(prepared.item["image"]), draws, rng,
-                                     allowed=allowed)
+            image, inserted = insert(preprocessed.image.numpy(), brain, grid_spacing(preprocessed.item["image"]), draws,
+                                     rng, allowed=allowed)
             if not inserted:
                 continue
-            score = scored_copy(model, prepared, grid, torch.from_numpy(image), inserted, stats, seed)
+            score = scored_copy(model, preprocessed, grid, torch.from_numpy(image), inserted, stats, seed)
             scored = score > 0  # the eroded brain detection scores
             near = ndimage.binary_dilation(np.any([i.mask for i in inserted], axis=0), iterations=2)
             healthy.append(score[scored & allowed & ~near])
@@ -55,12 +55,12 @@ def sensitivity_check(model: TrainedModel, volumes: list[tuple[PreparedCase, dic
     return summarise(healthy, found, seed)
 
 
-def scored_copy(model: TrainedModel, prepared: PreparedCase, grid: dict[str, torch.Tensor], image: torch.Tensor,
+def scored_copy(model: TrainedModel, preprocessed: PreprocessedCase, grid: dict[str, torch.Tensor], image: torch.Tensor,
                 inserted, stats: ResidualStats | None, seed: int) -> np.ndarray:
-    """The anomaly map (H, W, D) on the network grid of ``image``, a copy of ``prepared``'s with anomalies in it;
+    """The anomaly map (H, W, D) on the network grid of ``image``, a copy of ``preprocessed``'s with anomalies in it;
     a 2D model reconstructs only the slices they reach and keeps ``grid``'s elsewhere."""
     config: RunConfig = model.config
-    brain_grid = prepared.brain_grid
+    brain_grid = preprocessed.brain_grid
     generator = torch.Generator().manual_seed(seed)
     if config.model.spatial_dims == 3:
         changed = reconstruct_grid(model.network, image, brain_grid, config, space=model.space, generator=generator)

@@ -28,8 +28,8 @@ from anodiff.diffusion.sampler import build_scheduler
 from anodiff.diffusion.spaces import LatentSpace, Space, latent_scale_factor
 from anodiff.errors import CheckpointError, ConfigError
 from anodiff.figures import save_grid
-from anodiff.methods.anomaly import AnomalyMethod, healthy_dataset
-from anodiff.methods.base import preview_inputs
+from anodiff.methods.anomaly.method import AnomalyMethod, healthy_dataset
+from anodiff.methods.base import preview_inputs, seeded
 from anodiff.modelfolder import AUTOENCODER
 from anodiff.models import build_autoencoder, build_discriminator, count_parameters
 from anodiff.progress import Progress, staged
@@ -133,11 +133,10 @@ def train_autoencoder(train_set, modalities: tuple[str, ...], config: RunConfig,
     """Stage 1: train (or, when ``autoencoder.safetensors`` exists for these settings, load) the autoencoder."""
     cfg, path = config.autoencoder, out / AUTOENCODER
     identity = stage_one_identity(config, modalities)
-    with torch.random.fork_rng():  # MONAI initialises from the global RNG: seed it, leave it as it was
-        torch.manual_seed(config.train.seed)
-        autoencoder = build_autoencoder(cfg, spatial_dims=config.model.spatial_dims, in_channels=len(modalities))
-        discriminator = (build_discriminator(cfg, spatial_dims=config.model.spatial_dims,
-                                             in_channels=len(modalities)) if cfg.adversarial_weight > 0 else None)
+    autoencoder, discriminator = seeded(lambda: (
+        build_autoencoder(cfg, spatial_dims=config.model.spatial_dims, in_channels=len(modalities)),
+        build_discriminator(cfg, spatial_dims=config.model.spatial_dims, in_channels=len(modalities))
+        if cfg.adversarial_weight > 0 else None), config.train.seed)
     if path.exists() and finished_stage_one(path, identity, cfg.num_steps):
         load_weights(autoencoder, path)
         log.info("stage 1: %s exists for these settings; not trained again", path)

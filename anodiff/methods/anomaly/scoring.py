@@ -1,6 +1,6 @@
 """Reconstruction residual -> anomaly map -> threshold -> mask: how ddpm and ldm models predict a case.
 
-The recipe (Pinaya et al. 2022; Wyatt et al. 2022, AnoDDPM):
+The method (Pinaya et al. 2022; Wyatt et al. 2022, AnoDDPM):
 
 1. preprocess with the model's chain (RAS, crop to brain, resize, normalise);
 2. batch all brain-holding axial slices (or, in 3D, the whole volume) into the
@@ -30,7 +30,7 @@ from anodiff.diffusion.noise import checkerboard, make_noise
 from anodiff.diffusion.sampler import num_network_evals, reconstruct
 from anodiff.diffusion.spaces import PixelSpace, Space
 from anodiff.errors import DataError
-from anodiff.inference.cases import PreparedCase, prepare
+from anodiff.inference.cases import PreprocessedCase, preprocess
 from anodiff.inference.masks import min_voxels, remove_small_components, restrict_to_brain
 from anodiff.inference.prediction import Prediction, Timings
 from anodiff.inference.standardise import ResidualStats, combine, edge_strength
@@ -111,13 +111,13 @@ def passes_per_input(config: RunConfig) -> int:
                                      for index, t0 in enumerate(cfg.levels))
 
 
-def reconstruct_volume(network: torch.nn.Module, prepared: PreparedCase, config: RunConfig, *,
+def reconstruct_volume(network: torch.nn.Module, preprocessed: PreprocessedCase, config: RunConfig, *,
                        space: Space | None = None, generator: torch.Generator | None = None,
                        progress: Progress | None = None) -> dict[str, torch.Tensor]:
-    """One prepared volume on the network grid: ``reconstruction`` and the signed ``residual`` x - x_hat,
+    """One preprocessed volume on the network grid: ``reconstruction`` and the signed ``residual`` x - x_hat,
     (C, H, W, D) each, zero on the slices without brain."""
-    return reconstruct_grid(network, prepared.image, prepared.brain_grid, config, space=space, generator=generator,
-                            progress=progress)
+    return reconstruct_grid(network, preprocessed.image, preprocessed.brain_grid, config, space=space,
+                            generator=generator, progress=progress)
 
 
 def reconstruct_grid(network: torch.nn.Module, image: torch.Tensor, brain_grid: torch.Tensor, config: RunConfig, *,
@@ -210,9 +210,9 @@ def per_modality_view(values: torch.Tensor, ndim: int) -> torch.Tensor:
     return values.view(-1, *[1] * (ndim - 1))
 
 
-def num_slices_run(prepared: PreparedCase, config: RunConfig) -> int:
+def num_slices_run(preprocessed: PreprocessedCase, config: RunConfig) -> int:
     """Network inputs per volume: its brain slices (2D models), or 1 (3D)."""
-    return 1 if config.model.spatial_dims == 3 else len(brain_slices(prepared.brain_grid))
+    return 1 if config.model.spatial_dims == 3 else len(brain_slices(preprocessed.brain_grid))
 
 
 def detect(network: torch.nn.Module, config: RunConfig, case: Case, modalities: tuple[str, ...], *, threshold: float,
@@ -221,14 +221,15 @@ def detect(network: torch.nn.Module, config: RunConfig, case: Case, modalities: 
     """Score one case and threshold it, on the input's own grid (see the module doc)."""
     timings = Timings()
     with timings.measure("preprocess_s"):
-        prepared = prepare(case, modalities, config.data, config.model.spatial_dims)
+        preprocessed = preprocess(case, modalities, config.data, config.model.spatial_dims)
     with timings.measure("network_s"):
-        grid = reconstruct_volume(network, prepared, config, space=space, generator=generator, progress=progress)
-    return finish(prepared, grid, config, stats, threshold=threshold, detail=detail, timings=timings)
+        grid = reconstruct_volume(network, preprocessed, config, space=space, generator=generator, progress=progress)
+    return finish(preprocessed, grid, config, stats, threshold=threshold, detail=detail, timings=timings)
 
 
-def finish(prepared: PreparedCase, grid: dict[str, torch.Tensor], config: RunConfig, stats: ResidualStats | None,
-           *, threshold: float, detail: bool = False, timings: Timings | None = None) -> Prediction:
+def finish(preprocessed: PreprocessedCase, grid: dict[str, torch.Tensor], config: RunConfig,
+           stats: ResidualStats | None, *, threshold: float, detail: bool = False,
+           timings: Timings | None = None) -> Prediction:
     """From a :func:`reconstruct_volume` grid to a thresholded prediction on the input's own grid.
 
     Maps: ``score`` (X, Y, Z); with ``detail``, ``residual`` (X, Y, Z; the plain |x - x_hat| averaged over
@@ -238,20 +239,20 @@ def finish(prepared: PreparedCase, grid: dict[str, torch.Tensor], config: RunCon
     """
     timings = timings if timings is not None else Timings()
     with timings.measure("postprocess_s"):
-        brain = prepared.brain
-        on_input = lambda values: np.where(brain, np.clip(prepared.on_input_grid(values)[0], 0, None), 0)  # noqa: E731
-        score_map = on_input(anomaly_grid(grid, prepared.brain_grid, config, stats)).astype(np.float32)
+        brain = preprocessed.brain
+        on_input = lambda values: np.where(brain, np.clip(preprocessed.on_input_grid(values)[0], 0, None), 0)  # noqa: E731
+        score_map = on_input(anomaly_grid(grid, preprocessed.brain_grid, config, stats)).astype(np.float32)
         mask = remove_small_components(score_map > threshold,
-                                       min_voxels(config.anomaly.min_component_mm3, prepared.reference.spacing_mm))
+                                       min_voxels(config.anomaly.min_component_mm3, preprocessed.reference.spacing_mm))
         maps = {"score": score_map}
         if detail:
             shown = first_level(grid, config)
             plain = replace(config, anomaly=replace(config.anomaly, score="residual", combine="mean",
                                                     combine_levels="reconstruction"))
             maps["residual"] = score_map if plain == config else on_input(
-                anomaly_grid(shown, prepared.brain_grid, plain, None)).astype(np.float32)
-            maps["reconstruction"] = prepared.on_input_grid(shown["reconstruction"])
-            maps["normalised"] = prepared.on_input_grid(prepared.image.float())
-    return Prediction(mask=mask, maps=maps, reference=prepared.reference, brain=brain, threshold=threshold,
+                anomaly_grid(shown, preprocessed.brain_grid, plain, None)).astype(np.float32)
+            maps["reconstruction"] = preprocessed.on_input_grid(shown["reconstruction"])
+            maps["normalised"] = preprocessed.on_input_grid(preprocessed.image.float())
+    return Prediction(mask=mask, maps=maps, reference=preprocessed.reference, brain=brain, threshold=threshold,
                       timings=dict(timings), num_network_evals=passes_per_input(config),
-                      num_slices=num_slices_run(prepared, config))
+                      num_slices=num_slices_run(preprocessed, config))

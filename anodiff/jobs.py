@@ -1,4 +1,4 @@
-"""The three jobs of anodiff as the CLI runs them: train, detect, evaluate. Thin: each dispatches through
+"""The jobs of anodiff as the CLI runs them: train, detect, evaluate, re-render a report. Thin: each dispatches through
 the method table (:mod:`anodiff.methods`) and adds only what every method shares: the model folder's life,
 batches of cases with per-case isolation, output files, the report on disk.
 """
@@ -20,14 +20,12 @@ from anodiff import distributed
 from anodiff.config import RunConfig
 from anodiff.data.cases import Case, discover
 from anodiff.errors import AnodiffError, ConfigError, DataError
-from anodiff.evaluation.anomaly import report_of_figures
 from anodiff.evaluation.report import Report
-from anodiff.evaluation.segmentation import segmentation_report
 from anodiff.figures import redraw_case_figures
 from anodiff.inference.cases import match_modalities
 from anodiff.inference.prediction import Prediction
 from anodiff.io import Volume, read_volume, strip_image_suffix, write_volume
-from anodiff.methods import kinds_where, load_model, method_for
+from anodiff.methods import kinds_where, load_model, method_for, method_of_report
 from anodiff.modelfolder import TrainedModel
 from anodiff.outputs import fresh_folder, is_marked
 from anodiff.prepare import Options, prepare_case, prepare_cases, read_options, reference_of, to_raw_grid
@@ -71,10 +69,8 @@ def detect_cases(model: TrainedModel, cases: list[Case], outputs: Outputs, *, th
     case whose outputs all exist is kept as it is, and one with only some of them
     is detected again, its partial outputs replaced.
     """
-    method = method_for(model.config.model.kind)
-    if samples is not None and not method.draws_samples:
-        raise DataError(f"{model.folder}: a {method.kind} model draws no samples; --samples and --uncertainty are "
-                        f"for {' and '.join(kinds_where(lambda m: m.draws_samples))} models")
+    method = model.method
+    method.check_samples(model, samples, kinds_where(lambda m: m.draws_samples))
     chosen = method.threshold(model, threshold)
     outcomes = []
     for index, case in enumerate(cases):
@@ -128,7 +124,7 @@ def predict_arrays(model: TrainedModel, case: Case, *, threshold: float, samples
     neighbour, a map linearly). A case that is itself prepared (it has its
     ``<id>_brain`` mask) is predicted as it is.
     """
-    method = method_for(model.config.model.kind)
+    method = model.method
     generator = torch.Generator().manual_seed(seed)
     options = preparation_of(model)
     if options is None or case.brain is not None:
@@ -164,7 +160,7 @@ def check_targets(targets: dict[str, Path], case: Case, *, overwrite: bool) -> N
 
 def output_files(wanted: dict[str, Path | None], model: TrainedModel) -> dict[str, Path]:
     """The files one case writes: ``wanted`` less the unwanted, and a file per channel of a multi-channel map."""
-    method = method_for(model.config.model.kind)
+    method = model.method
     channels = method.output_channels(model)
     files = {}
     for name, path in wanted.items():
@@ -185,7 +181,7 @@ def output_files(wanted: dict[str, Path | None], model: TrainedModel) -> dict[st
 
 def output_arrays(result: Prediction, model: TrainedModel) -> dict[str, np.ndarray]:
     """The arrays of a prediction by output file name (see :func:`output_files`)."""
-    method = method_for(model.config.model.kind)
+    method = model.method
     channels = method.output_channels(model)
     arrays = {"mask": result.mask}
     for name, key in method.outputs.items():
@@ -202,10 +198,8 @@ def evaluate(model: TrainedModel, data: Path, out: Path, *, seed: int = 0, sampl
              progress: Progress | None = None) -> Report:
     """Evaluate on the labelled cases of ``data``; writes report.json, per_case.csv, summary.md and overlays/
     into ``out``, a new folder (or, with ``overwrite``, a report folder anodiff made, emptied first)."""
-    method = method_for(model.config.model.kind)
-    if samples is not None and not method.draws_samples:
-        raise ConfigError(f"{model.folder}: --samples is for {' and '.join(kinds_where(lambda m: m.draws_samples))} "
-                          "models")
+    method = model.method
+    method.check_samples(model, samples, kinds_where(lambda m: m.draws_samples))
     # A report folder without report.json (written last) is an interrupted evaluation: it starts again.
     unfinished = is_marked(out) and not (out / "report.json").is_file()
     fresh_folder(out, "anodiff evaluate", overwrite=overwrite or unfinished, what="report folder")
@@ -240,9 +234,8 @@ def rerender(folder: Path) -> Report:
         raise DataError(f"{folder}: no report.json (a folder written by `anodiff evaluate`)")
     try:
         figures = json.loads(path.read_text(encoding="utf-8"))
-        report = (segmentation_report(figures, figures["cases"]) if figures.get("kind") == "segdiff"
-                  else report_of_figures(figures))
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        report = method_of_report(figures).report_of(figures)
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ConfigError) as err:
         raise DataError(f"{path}: not a report.json anodiff can read ({type(err).__name__}: {err})") from None
     redraw_case_figures(folder / "overlays")
     report.write(folder)

@@ -4,9 +4,9 @@ Training discovers the cases, splits them by case (train / calibration) or, with
 ``train.holdout: slabs``, holds out an axial slab of every case, trains the
 denoiser on healthy inputs (axial slices without a label voxel, or 3D lesion-free
 volumes) in the model's diffusion space, then calibrates the threshold on what was
-held out (:mod:`anodiff.methods.calibration`), for anodiff and for the intensity
+held out (:mod:`anodiff.methods.anomaly.calibration`), for anodiff and for the intensity
 baseline alike. Prediction is :func:`anodiff.methods.scoring.detect`. What an
-LDM adds (its autoencoder, its latent space) is :mod:`anodiff.methods.ldm`.
+LDM adds (its autoencoder, its latent space) is :mod:`anodiff.methods.anomaly.ldm`.
 """
 
 from __future__ import annotations
@@ -20,23 +20,23 @@ import numpy as np
 import torch
 
 from anodiff import distributed
-from anodiff.config import RunConfig, TrainConfig, config_to_dict, with_overrides
+from anodiff.config import RunConfig, TrainConfig, with_overrides
 from anodiff.data.cases import Case, discover, select_modalities
 from anodiff.data.datasets import SliceDataset, VolumeDataset, brain_patches, mirrored
 from anodiff.data.slabs import Slab, guarded, held_out_slabs
 from anodiff.diffusion.sampler import build_scheduler
 from anodiff.diffusion.spaces import PixelSpace, Space, to_model_range
 from anodiff.errors import ConfigError, DataError
+from anodiff.evaluation.anomaly import report_of_figures
 from anodiff.evaluation.report import Report
 from anodiff.figures import save_grid
 from anodiff.inference.prediction import Prediction
 from anodiff.inference.standardise import ResidualStats
-from anodiff.methods.base import Method, check_image_size, checkpoint_identity, preview_inputs, seeded
-from anodiff.methods.calibration import calibrate
-from anodiff.methods.scoring import detect, score_slices
+from anodiff.methods.anomaly.calibration import calibrate
+from anodiff.methods.anomaly.scoring import detect, score_slices
+from anodiff.methods.base import Method, check_image_size, checkpoint_identity, preview_inputs, seeded, training_meta
 from anodiff.modelfolder import WEIGHTS, TrainedModel, begin, save_model
 from anodiff.models import build_network, count_parameters
-from anodiff.prepare import preparation_record
 from anodiff.progress import Progress, staged
 from anodiff.training.loop import fit
 from anodiff.training.objectives import DenoisingObjective
@@ -49,6 +49,7 @@ class AnomalyMethod(Method):
 
     outputs = {"map": "score"}
     sampler_section = "anomaly"
+    evaluate_settings = ("anomaly.", "sampler.")
     stage_name = ""  # the denoiser's stage in progress messages, when it has a stage before it
 
     def validate(self, config: RunConfig) -> None:
@@ -104,8 +105,9 @@ class AnomalyMethod(Method):
                  "slices" if config.model.spatial_dims == 2 else "volumes", len(rank_cases), len(val_cases),
                  "held-out cases" if not slabs else "cases' held-out axial slabs")
         begin(out)
-        meta = training_meta(self.kind, data, found.layouts, modalities, config, train_cases, val_cases, rank_cases,
-                             len(train_set))
+        meta = training_meta(self.kind, data, found.layouts, modalities, config, train_cases, rank_cases,
+                             calibration_cases=[c.id for c in val_cases],
+                             num_healthy_inputs=sum(distributed.gather(len(train_set))))
         meta["training_data"]["calibration_slabs"] = {case_id: list(slab) for case_id, slab in slabs.items()}
         space, latents = self.diffusion_space(train_set, val_cases, modalities, config, out, meta, device=device,
                                               resume=resume, progress=progress)
@@ -194,7 +196,7 @@ class AnomalyMethod(Method):
         return chosen
 
     def predict(self, model: TrainedModel, case: Case, *, threshold: float, generator: torch.Generator | None = None,
-                samples: int | None = None, detail: bool = False, prepared=None,
+                samples: int | None = None, detail: bool = False, preprocessed=None,
                 progress: Progress | None = None) -> Prediction:
         return detect(model.network, model.config, case, model.modalities, threshold=threshold,
                       stats=residual_stats(model), space=model.space, generator=generator, detail=detail,
@@ -203,10 +205,14 @@ class AnomalyMethod(Method):
     def evaluate(self, model: TrainedModel, data: Path, *, seed: int = 0, samples: int | None = None,
                  overrides: list[str] | None = None, overlays: Path | None = None,
                  progress: Progress | None = None) -> Report:
-        from anodiff.methods.anomaly_eval import evaluate_anomaly
+        from anodiff.methods.anomaly.evaluation import evaluate_anomaly
 
+        self.check_evaluate_overrides(overrides or [])
         model = with_anomaly_settings(model, overrides or [], progress=staged(progress, "recalibrating"))
         return evaluate_anomaly(self, model, data, seed=seed, overlays=overlays, progress=progress)
+
+    def report_of(self, figures: dict) -> Report:
+        return report_of_figures(figures)
 
 
 def residual_stats(model: TrainedModel) -> ResidualStats | None:
@@ -249,25 +255,6 @@ def healthy_dataset(cases: list[Case], modalities: tuple[str, ...], config: RunC
     return dataset
 
 
-def training_meta(kind: str, data: Path, layouts, modalities: tuple[str, ...], config: RunConfig,
-                  train_cases: list[Case], val_cases: list[Case], rank_cases: list[Case], num_inputs: int) -> dict:
-    """What meta.json records of the data a detection model was trained and calibrated on."""
-    return {
-        "kind": kind,
-        "modalities": list(modalities),
-        "preprocessing": config_to_dict(config.data),
-        "preparation": preparation_record(data),
-        "training_data": {
-            "root": str(data.resolve()),
-            "train_cases": [c.id for c in train_cases],
-            "calibration_cases": [c.id for c in val_cases],
-            "cases_per_process": distributed.gather([c.id for c in rank_cases]),
-            "num_healthy_inputs": sum(distributed.gather(num_inputs)),
-            "layouts": list(layouts),
-        },
-    }
-
-
 def with_anomaly_settings(model: TrainedModel, overrides: list[str], *, progress: Progress | None = None
                           ) -> TrainedModel:
     """The model with ``anomaly.*`` / ``sampler.*`` overrides; thresholds recalibrated on its calibration cases.
@@ -277,9 +264,6 @@ def with_anomaly_settings(model: TrainedModel, overrides: list[str], *, progress
     """
     if not overrides:
         return model
-    bad = [o for o in overrides if not o.strip().startswith(("anomaly.", "sampler."))]
-    if bad:
-        raise ConfigError(f"only anomaly.* and sampler.* settings can change after training, not {bad[0]!r}")
     changed = replace(model, config=with_overrides(model.config, overrides))
     source = model.meta.get("training_data", {})
     wanted = set(source.get("calibration_cases", []))

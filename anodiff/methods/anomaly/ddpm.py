@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from anodiff.methods.anomaly import AnomalyMethod
+from anodiff.methods.anomaly.method import AnomalyMethod
 
 
 class PixelDDPM(AnomalyMethod):

@@ -67,7 +67,7 @@ def synth(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")] = False,
 ) -> None:
     """Write a synthetic multi-contrast brain cohort with lesions and ground truth (no download)."""
-    from anodiff.data.synthetic import write_cohort
+    from anodiff.data.cohort import write_cohort
 
     kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
     with progress_bar("synthesising") as progress:
@@ -191,7 +191,7 @@ def train(
     Multi-GPU or multi-node: start it with torchrun (`torchrun --nproc-per-node 4 -m anodiff.cli train ...`);
     each process trains on its share of the cases, and rank 0 writes the model folder.
     """
-    from anodiff import distributed, recipes
+    from anodiff import distributed, jobs
     from anodiff.methods import method_for
     from anodiff.modelfolder import check_trainable, discard_training_state
 
@@ -211,7 +211,7 @@ def train(
         if not distributed.is_main():  # one voice: the other ranks only warn
             logging.getLogger("anodiff").setLevel(logging.WARNING)
         with progress_bar("training", disable=not distributed.is_main()) as progress:
-            model = recipes.train(data, run, out, device=chosen, resume=resume, progress=progress)
+            model = jobs.train(data, run, out, device=chosen, resume=resume, progress=progress)
     finally:
         distributed.shutdown()
     if model is not None:
@@ -252,8 +252,8 @@ def detect(
     """
     from anodiff import distributed
     from anodiff.inference.cases import resolve_cases
-    from anodiff.methods import load_model, method_for
-    from anodiff.recipes import detect_cases
+    from anodiff.jobs import detect_cases
+    from anodiff.methods import load_model
 
     per_modality = {k: v for k, v in {"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}.items() if v}
     if not inputs and not per_modality:
@@ -269,7 +269,7 @@ def detect(
     if not single and (map_out is not None or uncertainty is not None):
         raise fail("--map and --uncertainty name one file; with several cases, maps are written beside the masks "
                    "in --out")
-    method = method_for(loaded.config.model.kind)
+    method = loaded.method
 
     def outputs(case):
         if single:
@@ -338,8 +338,8 @@ def evaluate(
     reference, Dice against the number of samples fused, and the uncertainty on, inside and outside lesion borders.
     """
     from anodiff.distributed import pick_device
+    from anodiff.jobs import evaluate as evaluate_model
     from anodiff.methods import load_model
-    from anodiff.recipes import evaluate as evaluate_model
 
     loaded = load_model(model, device=pick_device(device))
     with progress_bar("evaluating") as progress:
@@ -358,7 +358,7 @@ def report(
 
     No network runs; the per-case figures already in overlays/ are kept and embedded.
     """
-    from anodiff.recipes import rerender
+    from anodiff.jobs import rerender
 
     print_report(rerender(folder))
     stdout.print(f"report: {folder / 'report.html'}, {folder / 'summary.md'}, {folder / 'figures'}/")

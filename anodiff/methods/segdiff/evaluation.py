@@ -27,17 +27,17 @@ from anodiff.evaluation.segmentation import (
     zone_summary,
 )
 from anodiff.figures import BLUE, GREEN, RED, case_views, ras_spacing, ras_view, save_case_figures
-from anodiff.inference.cases import labelled_cases, prepare
+from anodiff.inference.cases import labelled_cases, preprocess
 from anodiff.inference.fusion import fuse
 from anodiff.inference.prediction import Prediction
 from anodiff.io import read_volume
-from anodiff.methods.base import peak_gpu_memory_mb
-from anodiff.methods.segdiff import SegDiff, reference_volume, segment
+from anodiff.methods.base import Method, peak_gpu_memory_mb
+from anodiff.methods.segdiff.prediction import reference_volume, segment
 from anodiff.modelfolder import TrainedModel
 from anodiff.progress import Progress
 
 
-def evaluate_segdiff(method: SegDiff, model: TrainedModel, data: Path, *, samples: int | None = None, seed: int = 0,
+def evaluate_segdiff(method: Method, model: TrainedModel, data: Path, *, samples: int | None = None, seed: int = 0,
                      overlays: Path | None = None, progress: Progress | None = None) -> Report:
     """Dice, HD95, AUROC and AUPRC per region for SegDiff (1 and N samples) and the UNet reference."""
     cfg = model.config.segmentation
@@ -50,17 +50,18 @@ def evaluate_segdiff(method: SegDiff, model: TrainedModel, data: Path, *, sample
     seconds: dict[str, list[float]] = {"segdiff": [], "unet": []}
     for index, case in enumerate(cases):
         clock = time.perf_counter()
-        prepared = prepare(case, model.modalities, model.config.data, spatial_dims=2)  # once, for both methods
+        preprocessed = preprocess(case, model.modalities, model.config.data, spatial_dims=2)  # once, for both methods
         preprocess_s = time.perf_counter() - clock
         clock = time.perf_counter()
-        result = method.predict(model, case, threshold=cfg.threshold, samples=samples, prepared=prepared,
+        result = method.predict(model, case, threshold=cfg.threshold, samples=samples, preprocessed=preprocessed,
                                 generator=torch.Generator().manual_seed(seed))
         seconds["segdiff"].append(preprocess_s + time.perf_counter() - clock)
         unet = None
         if model.reference is not None:
             clock = time.perf_counter()
             unet = segment(lambda image, brain: reference_volume(model.reference, image, brain), model.config,
-                           case, model.modalities, threshold=cfg.threshold, num_network_evals=1, prepared=prepared)
+                           case, model.modalities, threshold=cfg.threshold, num_network_evals=1,
+                           preprocessed=preprocessed)
             seconds["unet"].append(preprocess_s + time.perf_counter() - clock)
         truth = region_masks(read_volume(case.label, allow_constant=True).data, regions)
         first = result.maps["samples"][0]

@@ -13,17 +13,18 @@ import numpy as np
 import torch
 
 from anodiff.config import config_to_dict
-from anodiff.data.synthetic import read_cohort_info
+from anodiff.data.cohort import read_cohort_info
 from anodiff.evaluation.anomaly import anomaly_report, summarize_method
-from anodiff.evaluation.baseline import baseline_modalities, baseline_score, baseline_thresholds
+from anodiff.evaluation.baseline import baseline_modalities, baseline_score
 from anodiff.evaluation.metrics import size_bin
 from anodiff.evaluation.report import Report
 from anodiff.figures import BLUE, GREEN, RED, case_views, ras_spacing, ras_view, save_case_figures
+from anodiff.formats import baseline_thresholds
 from anodiff.inference.cases import labelled_cases
 from anodiff.inference.prediction import Prediction
 from anodiff.io import read_volume
+from anodiff.methods.anomaly.calibration import baseline_image
 from anodiff.methods.base import Method, peak_gpu_memory_mb
-from anodiff.methods.calibration import baseline_image
 from anodiff.modelfolder import TrainedModel
 from anodiff.progress import Progress
 
@@ -69,7 +70,7 @@ def evaluate_anomaly(method: Method, model: TrainedModel, data: Path, *, seed: i
         **{f"{name} threshold": summarize_method(scores[name], scores["truths"], calibrated=thresholds[name])
            for name in baselines},
     }
-    figures = {"model": str(model.folder), "data": str(data), "num_cases": len(cases),
+    figures = {"model": str(model.folder), "kind": model.config.model.kind, "data": str(data), "num_cases": len(cases),
                "num_lesion_cases": sum(1 for t in scores["truths"] if t.any()), "network_evals_per_slice": evals,
                "seconds_per_volume": float(np.mean(seconds)), "peak_gpu_memory_mb": peak_gpu_memory_mb(),
                "anomaly": config_to_dict(model.config.anomaly), "sampler": config_to_dict(model.config.sampler),
