@@ -9,7 +9,7 @@ cases, half of each batch from slices that hold a label voxel; with
 ``segmentation.reference`` a plain MONAI UNet is trained on exactly the same
 batches, so that what diffusion buys is measured, not assumed.
 
-For one case (:func:`segment`): preprocess, sample the brain-holding axial slices
+For one case (:func:`~anodiff.methods.segdiff.prediction.segment`): preprocess, sample the brain-holding axial slices
 in batches (all N samples of a slice in one network call), take every sample back
 to the input's grid, then fuse and threshold there (:mod:`anodiff.inference.fusion`).
 """
