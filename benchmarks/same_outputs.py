@@ -22,11 +22,9 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY, SEGDIFF_TINY = ROOT / "configs" / "tiny.yaml", ROOT / "configs" / "segdiff_tiny.yaml"
-TINY_LDM = ["model.kind=ldm", "model.channels=[16,16]", "model.attention_levels=[false,false]",
-            "autoencoder.channels=[8,16]", "autoencoder.norm_num_groups=8", "autoencoder.num_steps=20",
-            "autoencoder.batch_size=8", "autoencoder.lr=1e-3", "autoencoder.adversarial_start=10",
-            "autoencoder.discriminator_layers=1", "autoencoder.discriminator_channels=8"]
+sys.path.insert(0, str(ROOT))
+from tests.conftest import SEGDIFF_TINY, TINY, TINY_LDM  # noqa: E402  (the tiny recipes of the tests)
+
 KINDS = {"ddpm": (TINY, []), "ldm": (TINY, TINY_LDM), "segdiff": (SEGDIFF_TINY, [])}
 
 

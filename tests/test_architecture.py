@@ -5,6 +5,7 @@ registry is the only place that knows scheduler classes, and modules and functio
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -49,9 +50,14 @@ def layer_of(module: str) -> tuple[int, str]:
     return LAYERS[key], key
 
 
+@functools.cache
+def module_names(root: Path = ROOT) -> frozenset[str]:
+    return frozenset(module_name(p, root) for p in sources(root))
+
+
 def imported(path: Path, root: Path = ROOT) -> set[str]:
     """The anodiff modules ``path`` imports, anywhere in it (a function's deferred import counts too)."""
-    modules = {module_name(p, root) for p in sources(root)}
+    modules = module_names(root)
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("anodiff"):
