@@ -44,6 +44,7 @@ FIGURES = ("auroc", "auprc", "dice_best_possible", "dice_calibrated")
 OLD_TRAINING = ("data.normalisation=percentiles",)
 # The recipes' scoring before antithetic pairs: three independent draws, at t0 50, 100 and 200.
 THREE_LEVELS = ("anomaly.antithetic=false", "anomaly.t0=100", "anomaly.extra_t0=[50,200]")
+HEALING = ("train.healthy_tissue=margin", "scheduler.noise=coarse")
 OLD_SCORING = ("sampler.kind=ddim", "sampler.num_inference_steps=10", "anomaly.extra_t0=[]", "anomaly.antithetic=false",
                "anomaly.score=residual", "anomaly.combine=mean", "anomaly.centre=false", "anomaly.scale=false")
 
@@ -101,6 +102,11 @@ VARIANTS = (
             (*THREE_LEVELS, "anomaly.num_draws=2")),
     Variant("lever: three levels, an antithetic pair each (6 passes)", (), None,
             (*THREE_LEVELS, "anomaly.antithetic=true")),
+    # What healed the tumours of other institutions (benchmarks/brats2018.py): training on all tissue away from
+    # the label, coarse noise, a higher level; and that level beside t0 100, each standardised, the maximum.
+    Variant("lever: margin training, coarse noise, t0 300 (retrained)", HEALING, None, ("anomaly.t0=300",)),
+    Variant("lever: margin training, coarse noise, t0 300 and 100 scored apart (max, 4 passes; retrained)",
+            HEALING, None, ("anomaly.t0=300", "anomaly.extra_t0=[100]", "anomaly.combine_levels=max")),
 )
 
 
@@ -187,7 +193,10 @@ def main() -> None:
                         choices=["brats", "synth-2mm", "synth-1mm"])
     parser.add_argument("--variants", nargs="+", type=int, help="rows to run, by their place in VARIANTS "
                         f"(0-{len(VARIANTS) - 1}; default: all)")
+    parser.add_argument("--results", help="the results file's name (one data set; default: real_quality_<set>)")
     args = parser.parse_args()
+    if args.results and len(args.sets) > 1:
+        parser.error("--results names one data set's file: give one --sets")
     for name in args.sets:
         start = time.perf_counter()
         folder = args.out / name
@@ -198,7 +207,7 @@ def main() -> None:
             folds, config = synthetic_folds(float(name.split("-")[1][:-2]), folder), CONFIGS / "demo.yaml"
             title = f"Anomaly-map levers on the synthetic cohort at {name.split('-')[1]}"
         result = benchmark(name, folds, config, folder, args.variants)
-        write_results(f"real_quality_{name}", title, result, configs=[config],
+        write_results(args.results or f"real_quality_{name}", title, result, configs=[config],
                       minutes=(time.perf_counter() - start) / 60)
 
 
