@@ -1,4 +1,4 @@
-"""A trained model is a folder: ``config.yaml``, ``model.safetensors``, ``meta.json``.
+"""A trained model is a folder: ``config.yaml``, ``model.safetensors``, ``meta.json``, and its card ``README.md``.
 
 A latent diffusion model adds ``autoencoder.safetensors`` (stage 1); ``meta.json``
 then also holds the latent scale factor. A SegDiff model may add
@@ -14,6 +14,7 @@ holds is its method's business (``load`` in :mod:`anodiff.methods`).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from anodiff.weights import remove_stale_temporaries, state_tensors, write_safet
 
 WEIGHTS, META, CONFIG, AUTOENCODER = "model.safetensors", "meta.json", "config.yaml", "autoencoder.safetensors"
 REFERENCE, CHECKPOINT = "reference.safetensors", "checkpoint.safetensors"
+CARD = "README.md"  # the model card (anodiff.methods.card)
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,12 @@ def write_json(path: Path, content: dict) -> None:
 def is_model_folder(folder: Path) -> bool:
     """Whether anodiff made ``folder`` for a model: its marker, or (before markers) config.yaml beside meta.json
     or a checkpoint."""
-    return outputs.is_marked(folder) or ((folder / CONFIG).is_file() and any(
-        (folder / name).is_file() for name in (META, CHECKPOINT)))
+    return outputs.is_marked(folder) or holds_model(folder)
+
+
+def holds_model(folder: Path) -> bool:
+    """Whether ``folder`` holds a model, trained or in training: config.yaml beside meta.json or a checkpoint."""
+    return (folder / CONFIG).is_file() and any((folder / name).is_file() for name in (META, CHECKPOINT))
 
 
 def check_trainable(folder: Path) -> None:
@@ -88,16 +94,21 @@ def begin(folder: Path) -> None:
     distributed.barrier()
 
 
-def save_model(folder: Path, config: RunConfig, network: nn.Module, meta: dict[str, Any]) -> None:
-    """Write weights, config and, last, meta (each atomically); meta gains the library versions.
+def save_model(folder: Path, config: RunConfig, network: nn.Module, meta: dict[str, Any],
+               card: Callable[[dict[str, Any]], str] | None = None) -> None:
+    """Write weights, config, the model card (``card(meta)``, README.md) and, last, meta (each atomically); meta
+    gains the format and library versions.
 
     meta.json is what makes the folder a model: a run killed before it leaves a
     folder that loading refuses, never weights paired with a stale meta.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    meta = {**meta, "format_version": FORMAT_VERSION, "versions": versions()}
     write_safetensors(state_tensors(network), folder / WEIGHTS)
     write_text(folder / CONFIG, config_to_yaml(config))
-    write_json(folder / META, {**meta, "format_version": FORMAT_VERSION, "versions": versions()})
+    if card is not None:
+        write_text(folder / CARD, card(meta))
+    write_json(folder / META, meta)
 
 
 def discard_training_state(folder: Path) -> None:

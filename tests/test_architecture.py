@@ -21,7 +21,7 @@ LAYERS = {
     "anodiff.data": 3, "anodiff.weights": 3,
     "anodiff.models": 4, "anodiff.diffusion": 4, "anodiff.evaluation": 4, "anodiff.prepare": 4,
     "anodiff.training": 5, "anodiff.inference": 5, "anodiff.modelfolder": 5,
-    "anodiff.methods": 6,
+    "anodiff.methods": 6, "anodiff.runtime": 6,
     "anodiff.jobs": 7,
     "anodiff.cli": 8,
 }

@@ -1,6 +1,7 @@
 """The contract every entry of the method table keeps, through the CLI: its recipe validates and trains (the
-session's tiny models), the folder loads, `detect` writes a mask on the input's grid, `evaluate` writes a report
-that names the method, and `report` re-renders that report from its report.json alone."""
+session's tiny models) with a model card that `inspect` prints, the folder loads, `detect` writes a mask on the
+input's grid, `evaluate` writes a report that names the method, and `report` re-renders that report from its
+report.json alone."""
 
 from __future__ import annotations
 
@@ -31,6 +32,13 @@ def test_a_method_trains_detects_evaluates_and_reports_through_the_cli(kind, tin
     folder = request.getfixturevalue(fixture)  # `anodiff train` of that recipe
     model = load_model(folder)
     assert model.method is METHODS[kind] and model.meta["kind"] == kind
+    card = (folder / "README.md").read_text()  # the model card, written at training
+    assert card.startswith(f"# anodiff model: {METHODS[kind].title}")
+    assert model.meta["training_data"]["train_cases"][0] in card and "MNI152" in card  # the cases, the licence
+    assert card.count("## ") >= 5 and "## Limits" in card
+    result = CliRunner().invoke(app, ["inspect", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert [line.rstrip() for line in result.output.splitlines()] == card.rstrip().splitlines()
 
     case = tiny_cohort / "synth_000_0000"
     mask_path = tmp_path / "mask.nii.gz"

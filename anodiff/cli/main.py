@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from anodiff import __version__
-from anodiff.cli.ui import fail, progress_bar, setup_logging, stderr, stdout
+from anodiff.cli.ui import end_with_failures, exit_code, fail, print_report, progress_bar, setup_logging, stderr, stdout
 from anodiff.errors import AnodiffError
 
 app = typer.Typer(
@@ -84,12 +84,20 @@ def synth(
 
 @command
 def inspect(
-    data: Annotated[Path, typer.Argument(help="A data folder (BraTS, IXI, any NIfTI) or a datalist .json.")],
+    data: Annotated[Path, typer.Argument(help="A data folder (BraTS, IXI, any NIfTI), a datalist .json, or a "
+                                              "model folder (its card is printed).")],
 ) -> None:
-    """List the cases found, their modalities, geometry and labels, and what cannot be used and why."""
+    """List the cases found, their modalities, geometry and labels, and what cannot be used and why; for a
+    model folder, print its card: what it was trained on, how, its checks and its limits."""
     from anodiff.data.cases import discover
     from anodiff.data.summary import CaseProblem, summarize
+    from anodiff.modelfolder import holds_model
 
+    if holds_model(data):
+        from anodiff.methods import model_card
+
+        stdout.print(model_card(data).rstrip(), markup=False, highlight=False, soft_wrap=True)
+        return
     found = discover(data)
     with progress_bar("reading", transient=True) as progress:
         results = list(summarize(found, progress=progress))
@@ -243,6 +251,9 @@ def detect(
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted batch: keep the cases whose outputs all exist.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the noise draws (same seed, same mask).")] = 0,
+    runtime: Annotated[str, typer.Option(
+        help="torch, or onnx: the denoiser from the folder's model.onnx (`anodiff export`; CPU; the onnx "
+             "extra).")] = "torch",
 ) -> None:
     """Write an anomaly mask (uint8) and optionally a map (float32) on each input's own grid.
 
@@ -254,6 +265,7 @@ def detect(
     from anodiff.inference.cases import resolve_cases
     from anodiff.jobs import detect_cases
     from anodiff.methods import load_model
+    from anodiff.runtime import with_runtime
 
     per_modality = {k: v for k, v in {"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}.items() if v}
     if not inputs and not per_modality:
@@ -261,7 +273,7 @@ def detect(
     chosen = distributed.pick_device(device)
     if distributed.launched():  # torchrun: each rank detects every N-th case, rank 0 reports them all
         chosen = distributed.init_from_env(chosen)
-    loaded = load_model(model, device=chosen)
+    loaded = with_runtime(load_model(model, device=chosen), runtime)
     cases = resolve_cases(inputs or [], per_modality)
     if out is None:
         raise fail("--out is required (a mask file for one case, a folder for several)")
@@ -297,22 +309,24 @@ def detect(
     end_with_failures([(o.case_id, o.error) for o in failures], len(outcomes), "failed", code)
 
 
-def exit_code(failures) -> int:
-    """0 when every case succeeded; 2 when cases failed on bad input; 1 when one hit an unexpected error (a bug)."""
-    if not failures:
-        return 0
-    return 1 if any(getattr(o, "unexpected", False) for o in failures) else 2
+@command
+def export(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model folder from `anodiff train`.")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="ONNX file (default: MODEL/model.onnx, what `detect --runtime onnx` reads).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
+) -> None:
+    """Export the model's denoiser to ONNX (ONNX Runtime, OpenVINO), checked against the torch network; the file
+    records the weights it came from, so a retrained model's stale export is refused."""
+    from anodiff.methods import load_model
+    from anodiff.runtime import ONNX_FILE
+    from anodiff.runtime import export as export_onnx
 
-
-def end_with_failures(failures: list[tuple[str, str]], total: int, what: str, code: int) -> None:
-    """Exit with ``code`` when cases failed: one line for a single case, else one per case and a summary."""
-    if not failures:
-        return
-    if total == 1:
-        raise fail(failures[0][1], code=code)
-    for case, error in failures:
-        stderr.print(f"[red]{what}[/] {case}: {error}", highlight=False, soft_wrap=True)
-    raise fail(f"{len(failures)} of {total} case(s) {what}; the others were written", code=code)
+    target = out or model / ONNX_FILE
+    if target.exists() and not overwrite:
+        raise fail(f"{target} exists (pass --overwrite to replace it)")
+    difference = export_onnx(load_model(model, device="cpu"), target)
+    stdout.print(f"{target}: the denoiser of {model}, within {difference:.1e} of the torch network")
 
 
 @command
@@ -362,18 +376,6 @@ def report(
 
     print_report(rerender(folder))
     stdout.print(f"report: {folder / 'report.html'}, {folder / 'summary.md'}, {folder / 'figures'}/")
-
-
-def print_report(report) -> None:
-    """The report's tables on stdout, as rich tables (summary.md holds the same, in Markdown)."""
-    stdout.print(f"[bold]{report.title}[/]")
-    for table in report.tables:
-        rendered = Table(title=table.title)
-        for column in table.columns:
-            rendered.add_column(column)
-        for row in table.rows:
-            rendered.add_row(*row)
-        stdout.print(rendered)
 
 
 def main() -> None:

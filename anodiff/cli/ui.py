@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 from anodiff.progress import Progress as ProgressFn
 
@@ -60,3 +61,33 @@ def progress_bar(description: str, *, transient: bool = False,
             bar.update(task, completed=done, total=total, info=info)
 
         yield update
+
+
+def exit_code(failures) -> int:
+    """0 when every case succeeded; 2 when cases failed on bad input; 1 when one hit an unexpected error (a bug)."""
+    if not failures:
+        return 0
+    return 1 if any(getattr(o, "unexpected", False) for o in failures) else 2
+
+
+def end_with_failures(failures: list[tuple[str, str]], total: int, what: str, code: int) -> None:
+    """Exit with ``code`` when cases failed: one line for a single case, else one per case and a summary."""
+    if not failures:
+        return
+    if total == 1:
+        raise fail(failures[0][1], code=code)
+    for case, error in failures:
+        stderr.print(f"[red]{what}[/] {case}: {error}", highlight=False, soft_wrap=True)
+    raise fail(f"{len(failures)} of {total} case(s) {what}; the others were written", code=code)
+
+
+def print_report(report) -> None:
+    """The report's tables on stdout, as rich tables (summary.md holds the same, in Markdown)."""
+    stdout.print(f"[bold]{report.title}[/]")
+    for table in report.tables:
+        rendered = Table(title=table.title)
+        for column in table.columns:
+            rendered.add_column(column)
+        for row in table.rows:
+            rendered.add_row(*row)
+        stdout.print(rendered)

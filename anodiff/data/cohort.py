@@ -28,6 +28,9 @@ from anodiff.errors import DataError
 from anodiff.progress import Progress
 
 log = logging.getLogger(__name__)
+# What model cards say of a synthetic cohort's terms: it is drawn from the template nilearn ships.
+LICENCE = ("synthetic subjects drawn from the MNI152 ICBM 2009a template and tissue maps shipped with nilearn; "
+           "the template's terms are the McConnell Brain Imaging Centre's (nilearn records its licence as unknown)")
 
 
 def write_cohort(
@@ -81,7 +84,7 @@ def write_cohort(
             progress(index + 1, num_cases)
     modalities = ("t1", "t2", "flair") if raw else MODALITIES
     meta = {"seed": seed, "spacing_mm": spacing_mm, "raw": raw, "modalities": list(modalities),
-            "label_scheme": "brats2021", "cases": [asdict(i) for i in infos]}
+            "label_scheme": "brats2021", "licence": LICENCE, "cases": [asdict(i) for i in infos]}
     (staging / "cohort.json").write_text(json.dumps(meta, indent=2))
     outputs.remove(out, what="cohort folder")
     staging.rename(out)  # the cohort appears whole or not at all

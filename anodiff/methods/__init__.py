@@ -23,7 +23,7 @@ from anodiff.methods.anomaly.ddpm import DDPM
 from anodiff.methods.anomaly.ldm import LDM
 from anodiff.methods.base import Method
 from anodiff.methods.segdiff.method import SEGDIFF
-from anodiff.modelfolder import TrainedModel, read_folder
+from anodiff.modelfolder import CARD, TrainedModel, read_folder
 
 METHODS: dict[str, Method] = {method.kind: method for method in (DDPM, LDM, SEGDIFF)}
 
@@ -60,6 +60,12 @@ def kinds_where(wanted) -> list[str]:
 def load_model(folder: str | Path, *, device: torch.device | str = "cpu") -> TrainedModel:
     """Load a model folder through its method. Raises CheckpointError naming what is missing or wrong."""
     folder = Path(folder)
+    method, config, meta = read_model(folder)
+    return replace(method.load(folder, config, meta, torch.device(device)), method=method)
+
+
+def read_model(folder: Path) -> tuple[Method, RunConfig, dict]:
+    """A model folder's method, config and meta (upgraded from older formats), without its weights."""
     raw, meta = read_folder(folder)
     try:
         if not isinstance(raw, dict):
@@ -69,4 +75,14 @@ def load_model(folder: str | Path, *, device: torch.device | str = "cpu") -> Tra
         config = validate(build(RunConfig, raw, source=str(folder / "config.yaml"), base_dir=folder))
     except (ConfigError, CheckpointError) as err:
         raise CheckpointError(f"{folder}: unreadable config.yaml or meta.json ({' '.join(str(err).split())})") from err
-    return replace(method.load(folder, config, meta, torch.device(device)), method=method)
+    return method, config, meta
+
+
+def model_card(folder: str | Path) -> str:
+    """A model folder's card: its README.md, or (a folder trained before cards) the card its config and meta
+    give."""
+    folder = Path(folder)
+    if (folder / CARD).is_file():
+        return (folder / CARD).read_text()
+    method, config, meta = read_model(folder)
+    return method.card(config, meta)

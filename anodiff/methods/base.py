@@ -24,6 +24,7 @@ from anodiff.errors import ConfigError
 from anodiff.evaluation.report import Report
 from anodiff.inference.cases import PreprocessedCase
 from anodiff.inference.prediction import Prediction
+from anodiff.methods import card
 from anodiff.modelfolder import TrainedModel
 from anodiff.prepare import preparation_record
 from anodiff.progress import Progress
@@ -40,6 +41,21 @@ class Method:
     activity: str = "detecting"  # what `anodiff detect`'s progress bar says it does
     sampler_section: str = ""  # where configs before the `sampler` section kept its settings
     evaluate_settings: tuple[str, ...] = ("sampler.",)  # the config sections `evaluate` may change after training
+    title: str = ""  # what the model card's heading calls the method
+    purpose: str = ""  # the model card's intended use
+
+    def card(self, config: RunConfig, meta: dict[str, Any]) -> str:
+        """The model card (README.md of the model folder) of a folder's config and meta."""
+        return card.render(title=self.title, purpose=self.purpose, config=config, meta=meta,
+                           sections=self.card_sections(config, meta), limits=self.card_limits(config, meta))
+
+    def card_sections(self, config: RunConfig, meta: dict[str, Any]) -> list[str]:
+        """The card's sections on what only this method does (markdown blocks)."""
+        return []
+
+    def card_limits(self, config: RunConfig, meta: dict[str, Any]) -> list[str]:
+        """What this model cannot do, as its settings and checks show."""
+        return []
 
     def validate(self, config: RunConfig) -> None:
         """Raise ConfigError for settings this method cannot run with."""

@@ -8,6 +8,7 @@ from anodiff.methods.anomaly.method import AnomalyMethod
 
 class PixelDDPM(AnomalyMethod):
     kind = "ddpm"
+    title = "pixel-space DDPM, unsupervised anomaly detection"
 
 
 DDPM = PixelDDPM()

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 class LatentDiffusion(AnomalyMethod):
     kind = "ldm"
+    title = "latent diffusion (an autoencoder, a DDPM in its latent space), unsupervised anomaly detection"
     stage_name = "diffusion"
 
     def validate(self, config: RunConfig) -> None:

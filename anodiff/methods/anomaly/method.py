@@ -32,6 +32,7 @@ from anodiff.evaluation.report import Report
 from anodiff.figures import save_grid
 from anodiff.inference.prediction import Prediction
 from anodiff.inference.standardise import ResidualStats
+from anodiff.methods.anomaly import card as anomaly_card
 from anodiff.methods.anomaly.calibration import calibrate
 from anodiff.methods.anomaly.scoring import detect, score_slices
 from anodiff.methods.base import Method, check_image_size, checkpoint_identity, preview_inputs, seeded, training_meta
@@ -51,6 +52,13 @@ class AnomalyMethod(Method):
     sampler_section = "anomaly"
     evaluate_settings = ("anomaly.", "sampler.")
     stage_name = ""  # the denoiser's stage in progress messages, when it has a stage before it
+    purpose = anomaly_card.PURPOSE
+
+    def card_sections(self, config: RunConfig, meta: dict) -> list[str]:
+        return anomaly_card.sections(config, meta)
+
+    def card_limits(self, config: RunConfig, meta: dict) -> list[str]:
+        return anomaly_card.limits(config, meta)
 
     def validate(self, config: RunConfig) -> None:
         factor = 2 ** (len(config.model.channels) - 1)  # the UNet's downsampling
@@ -118,7 +126,7 @@ class AnomalyMethod(Method):
             return
         model = TrainedModel(config=config, network=network.eval(), meta=meta, folder=out, space=space)
         meta |= calibrate(model, val_cases, slabs=slabs, progress=progress, figure=out / "healthy_floor.png")
-        save_model(out, config, network, meta)
+        save_model(out, config, network, meta, card=lambda final: self.card(config, final))
 
     def train_denoiser(self, train_set, latents: torch.Tensor | None, space: Space, modalities: tuple[str, ...],
                        config: RunConfig, out: Path, *, device: torch.device, resume: bool,

@@ -46,6 +46,30 @@ class SegDiff(Method):
     draws_samples = True
     activity = "segmenting"
     sampler_section = "segmentation"
+    title = "SegDiff-style segmentation (a diffusion model over masks, conditioned on the image)"
+    purpose = ("Supervised segmentation of the regions its training labels drew, in brain MRI of the same "
+               "modalities. `anodiff detect` draws several masks for a scan, fuses them (`_mask.nii.gz`, the fused "
+               "probability `_map.nii.gz`) and reports how much they disagree (`_uncertainty.nii.gz`).")
+
+    def card_sections(self, config: RunConfig, meta: dict[str, Any]) -> list[str]:
+        s = config.segmentation
+        regions = ", ".join(f"{name} (label values {'+'.join(map(str, values))})"
+                            for name, values in (meta.get("regions") or {}).items())
+        data = meta.get("training_data", {})
+        return ["\n".join([
+            "## Segmentation", "",
+            f"- Regions, one channel each: {regions}",
+            f"- Trained on {data.get('num_slices', '?')} slices, {data.get('num_lesion_slices', '?')} with a label "
+            f"voxel; {s.lesion_fraction:.0%} of each batch from those",
+            f"- Per scan: {s.samples} masks drawn ({config.sampler.kind}, {config.sampler.num_inference_steps} "
+            f"steps), fused by {s.fusion}, thresholded at {s.threshold:g}; uncertainty: their {s.uncertainty}",
+            "- A plain MONAI UNet trained on the same batches is kept beside it (`reference.safetensors`), so "
+            "`anodiff evaluate` shows what diffusion adds" if s.reference else "- No UNet reference was trained"])]
+
+    def card_limits(self, config: RunConfig, meta: dict[str, Any]) -> list[str]:
+        return ["It segments only what its training labels drew: a lesion kind absent from them is not segmented "
+                "(an unsupervised detection model looks for any departure from healthy tissue).",
+                "The uncertainty is the spread of a few samples, not a calibrated probability of error."]
 
     def validate(self, config: RunConfig) -> None:
         super().validate(config)
@@ -59,7 +83,8 @@ class SegDiff(Method):
 
     def train(self, data: Path, config: RunConfig, out: Path, *, device: torch.device, resume: bool = False,
               progress: Progress | None = None) -> None:
-        train_segdiff(data, config, out, device=device, resume=resume, progress=progress)
+        train_segdiff(data, config, out, device=device, resume=resume, progress=progress,
+                      card=lambda meta: self.card(config, meta))
 
     def load(self, folder: Path, config: RunConfig, meta: dict[str, Any], device: torch.device) -> TrainedModel:
         regions, channels = len(config.segmentation.regions), len(meta["modalities"])

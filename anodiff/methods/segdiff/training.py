@@ -4,6 +4,7 @@ that hold a label voxel; with ``segmentation.reference``, a plain MONAI UNet on 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,9 @@ from anodiff.weights import state_tensors, write_safetensors
 log = logging.getLogger(__name__)
 
 def train_segdiff(data: Path, config: RunConfig, out: Path, *, device: torch.device, resume: bool,
-                  progress: Progress | None) -> None:
-    """Train SegDiff (and, with ``segmentation.reference``, a plain UNet on the same batches) on labelled cases.
+                  progress: Progress | None, card: Callable[[dict], str] | None = None) -> None:
+    """Train SegDiff (and, with ``segmentation.reference``, a plain UNet on the same batches) on labelled cases;
+    ``card(meta)`` is the model card.
 
     Every case of ``data`` is used (an unlabelled case counts as lesion-free); the test cases belong elsewhere.
     """
@@ -80,7 +82,7 @@ def train_segdiff(data: Path, config: RunConfig, out: Path, *, device: torch.dev
         return
     if reference is not None:
         write_safetensors(state_tensors(reference), out / REFERENCE)
-    save_model(out, config, trained.network, meta)
+    save_model(out, config, trained.network, meta, card=card)
 
 
 def lesion_batches(dataset: SliceDataset, lesion: list[int], size: int, lesion_fraction: float, *,
