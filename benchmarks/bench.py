@@ -17,7 +17,9 @@ On one machine, in one run:
 5. ``anodiff detect`` on that case with the default real-data CPU recipe
    (``configs/brats_cpu.yaml``, untrained weights, calibrated on the case), as a user
    runs it, with each speed-up on and off (the recipe, 2 passes, against DDIM-10; 2 threads against
-   1), and the network's achieved FLOP/s against the machine's peak (``cpu_path.py``).
+   1), and the network's achieved FLOP/s against the machine's peak (``cpu_path.py``);
+6. on a CPU with onnxruntime installed: ``anodiff detect --runtime onnx`` against the torch network on the
+   test cohort (the bench DDPM) and on that case (the real-data recipe): seconds per volume, masks, maps.
 
 Writes ``<out>/bench.json`` and ``docs/results/bench.md``; the last line printed is the
 one summary: the recipes' map against DDIM-10 and the full chain, and the default
@@ -30,6 +32,7 @@ config, overrides and data match (:mod:`results`); every timing is measured afre
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -229,6 +232,28 @@ def detect_speed(anodiff: str, out: Path, case: Path, device: str) -> dict:
             "rows": rows}
 
 
+def onnx_parity(anodiff: str, out: Path, model: Path, cases: Path, label: str) -> dict:
+    """``anodiff detect`` of every case in ``cases`` with the torch network and with its ONNX export through ONNX
+    Runtime (CPU): seconds per volume each (the command's, start-up included, over the cases), masks identical,
+    the share of map voxels within 1e-5 and the largest map difference."""
+    import nibabel as nib
+
+    timed(anodiff, "-q", "export", "--model", str(model), "--overwrite")
+    seconds, found = {}, {}
+    for runtime in ("torch", "onnx"):
+        folder = out / "onnx-parity" / model.name / runtime
+        seconds[runtime] = timed(anodiff, "-q", "detect", str(cases), "--model", str(model), "--out", str(folder),
+                                 "--device", "cpu", "--runtime", runtime, "--overwrite")["seconds"]
+        found[runtime] = {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(folder.glob("*.nii.gz"))}
+    masks = [name for name in found["torch"] if name.endswith("_mask.nii.gz")]
+    maps = [name for name in found["torch"] if name.endswith("_map.nii.gz")]
+    differences = np.concatenate([np.abs(found["torch"][n] - found["onnx"][n]).ravel() for n in maps])
+    return {"model": label, "cases": len(masks), "torch_s": seconds["torch"] / len(masks),
+            "onnx_s": seconds["onnx"] / len(masks),
+            "masks_identical": sum(np.array_equal(found["torch"][n], found["onnx"][n]) for n in masks),
+            "map_within_1e-5": float(np.mean(differences <= 1e-5)), "map_max_difference": float(differences.max())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench-output"))
@@ -259,9 +284,14 @@ def main() -> None:
     splits[f"ddpm2d.yaml network ({1 if cpu else 3} pass{'' if cpu else 'es'})"] = detect_split(
         gpu_recipe, case, device, repeats=1)  # no warm-up: the network dominates
     speed = detect_speed(anodiff, out, case, device)
+    onnx = []
+    if cpu and importlib.util.find_spec("onnxruntime") is not None:  # the ONNX runtime is a CPU path
+        recipe = untrained_model(out, "brats-cpu-recipe-0", ROOT / "configs" / "brats_cpu.yaml", case, [], device)
+        onnx = [onnx_parity(anodiff, out, ddpm, out / "test", "bench DDPM, the test cohort"),
+                onnx_parity(anodiff, out, recipe, case.parent, "configs/brats_cpu.yaml, the 240x240x155x4 case")]
 
     results = {"machine": machine(device), "rows": rows, "training": training, "detect_split": splits,
-               "detect_speed": speed, "seconds": time.perf_counter() - began}
+               "detect_speed": speed, "onnx": onnx, "seconds": time.perf_counter() - began}
     table = markdown(results) + "\nThe one summary line it printed:\n\n    " + summary_line(results) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(results, indent=2))
@@ -319,6 +349,15 @@ def markdown(results: dict) -> str:
         lines.append(f"| {name} | {t['command_s']:.1f} | {t['total_s']:.2f} | {t['one_thread_total_s']:.2f} | "
                      f"{t['network_s']:.2f} | {t['network_passes']} | {t['gflops']:.1f} | {t['peak_share']:.0%} | "
                      f"{t['peak_rss_mb']:.0f} |")
+    if results.get("onnx"):
+        lines += ["", "`anodiff detect --runtime onnx` (after `anodiff export`) against the torch network, per volume "
+                      "(the command's seconds over the cases, start-up included):", "",
+                  "| model and cases | cases | torch s | ONNX Runtime s | speed-up | masks identical | "
+                  "map voxels within 1e-5 | largest map difference |", "| --- " * 8 + "|"]
+        for r in results["onnx"]:
+            lines.append(f"| {r['model']} | {r['cases']} | {r['torch_s']:.1f} | {r['onnx_s']:.1f} | "
+                         f"{r['torch_s'] / r['onnx_s']:.2f}x | {r['masks_identical']} of {r['cases']} | "
+                         f"{r['map_within_1e-5']:.4%} | {r['map_max_difference']:.1e} |")
     return "\n".join(lines) + "\n"
 
 
