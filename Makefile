@@ -22,12 +22,15 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/python examples/demo.py --out $(DEMO_DIR)
 
+# The tests in TEST_WORKERS processes (pytest-xdist), a test file to each; torch's threads shared among them.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The same tests with the property-based ones trying 10x more inputs.
 test-all: setup
-	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
+	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Speed and quality of every sampler, the LDM, training throughput and the detect time split.
 bench: setup

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
+
+# Under pytest-xdist (`make test`) the workers share the cores: each runs torch, and the commands it starts, on
+# its share of them, so that workers do not oversubscribe the cores (several times slower on two).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _threads
+    torch.set_num_threads(int(_threads))
 
 # An oblique affine: rotated about z and x, anisotropic voxels, a flipped axis.
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")

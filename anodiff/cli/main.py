@@ -262,8 +262,9 @@ def detect(
     several regions, one map per region (<name>_<region>).
     """
     from anodiff import distributed
+    from anodiff.data.bids import derivative_path
     from anodiff.inference.cases import resolve_cases
-    from anodiff.jobs import detect_cases
+    from anodiff.jobs import describe_derivatives, detect_cases
     from anodiff.methods import load_model
     from anodiff.runtime import with_runtime
 
@@ -286,6 +287,9 @@ def detect(
     def outputs(case):
         if single:
             return {"mask": out, "map": map_out, "uncertainty": uncertainty}
+        if case.entities:  # BIDS in, BIDS derivatives out: sub-01/ses-1/anat/sub-01_ses-1_desc-anomaly_mask.nii.gz
+            return {key: derivative_path(out, case.entities, method.output_desc, key) for key in
+                    ("mask", *method.outputs)}
         return {"mask": out / f"{case.id}_mask.nii.gz",
                 **{key: out / f"{case.id}_{key}.nii.gz" for key in method.outputs}}
 
@@ -293,6 +297,8 @@ def detect(
         outcomes = detect_cases(loaded, distributed.shard(cases), outputs, threshold=threshold,
                                 overwrite=overwrite, resume=resume, seed=seed, samples=samples,
                                 progress=progress)
+    if not single and distributed.is_main():
+        describe_derivatives(out, cases)
     order = {case.id: index for index, case in enumerate(cases)}
     outcomes = sorted((o for part in distributed.gather(outcomes) for o in part), key=lambda o: order[o.case_id])
     failures = [o for o in outcomes if o.error]

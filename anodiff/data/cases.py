@@ -9,6 +9,8 @@ recognised by file name (any folder depth up to ``max_depth``):
 * IXI: ``IXI002-Guys-0828-T1`` (healthy volumes, modalities t1/t2/pd/mra);
 * ``<id>_image``: a case with one unnamed modality (how ``anodiff prepare`` writes a single scan);
 * any other NIfTI/MetaImage/NRRD file: a case of its own, one modality;
+* BIDS (a folder with ``dataset_description.json``): ``sub-<label>[_ses-<label>]`` cases, their ``T1w``,
+  ``T2w``, ``FLAIR`` and ``PDw`` scans, lesion and brain masks from ``derivatives/`` (:mod:`anodiff.data.bids`);
 * a MONAI-style datalist JSON (``{"training": [{"image": ..., "label": ...}]}``,
   or one key per modality), paths relative to the JSON file.
 
@@ -26,6 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from anodiff.data import bids
 from anodiff.errors import DataError
 from anodiff.io import image_suffix, strip_image_suffix
 
@@ -66,6 +69,7 @@ class Case:
     label: Path | None = None
     layout: str = "folder"
     brain: Path | None = None
+    entities: tuple[tuple[str, str], ...] = ()  # BIDS: ("sub", "01"), ("ses", "02"); outputs are named by them
 
     def __post_init__(self) -> None:
         check_case_id(self.id)
@@ -144,7 +148,30 @@ def link_cases(cases: list[Path], folder: Path) -> Path:
     return folder
 
 
+def _discover_bids(root: Path) -> Discovery:
+    found = bids.find(root)
+    skipped = [Skipped(path, reason) for path, reason in found.skipped]
+    cases = []
+    for case_id, files in sorted(found.images.items()):
+        duplicated = {m: ps for m, ps in files.items() if len(ps) > 1}
+        labels, brains = found.labels.get(case_id, []), found.brains.get(case_id, [])
+        problem = (f"{len(next(iter(duplicated.values())))} files for modality '{next(iter(duplicated))}' (acq- or "
+                   "run- entities; keep one per case)" if duplicated else
+                   f"{len(labels)} lesion masks in derivatives/" if len(labels) > 1 else None)
+        if problem:
+            skipped.append(Skipped(next(iter(files.values()))[0].parent, f"case {case_id}: {problem}"))
+            continue
+        cases.append(Case(id=case_id, images={m: ps[0] for m, ps in sorted(files.items())},
+                          label=labels[0] if labels else None, layout="bids", brain=brains[0] if brains else None,
+                          entities=found.entities[case_id]))
+    for case_id in sorted(set(found.labels) - set(found.images)):
+        skipped.append(Skipped(found.labels[case_id][0], f"case {case_id}: a lesion mask without any image"))
+    return Discovery(root=root, cases=cases, skipped=skipped)
+
+
 def _discover_folder(root: Path, *, max_depth: int, default_modality: str) -> Discovery:
+    if bids.is_bids(root):
+        return _discover_bids(root)
     groups: dict[str, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
     layouts: dict[str, str] = {}
     skipped: list[Skipped] = []

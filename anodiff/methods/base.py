@@ -42,6 +42,7 @@ class Method:
     sampler_section: str = ""  # where configs before the `sampler` section kept its settings
     evaluate_settings: tuple[str, ...] = ("sampler.",)  # the config sections `evaluate` may change after training
     title: str = ""  # what the model card's heading calls the method
+    output_desc: str = "anomaly"  # the BIDS desc- entity of its outputs (sub-01_desc-anomaly_mask.nii.gz)
     purpose: str = ""  # the model card's intended use
 
     def card(self, config: RunConfig, meta: dict[str, Any]) -> str:

@@ -46,6 +46,7 @@ class SegDiff(Method):
     draws_samples = True
     activity = "segmenting"
     sampler_section = "segmentation"
+    output_desc = "segdiff"
     title = "SegDiff-style segmentation (a diffusion model over masks, conditioned on the image)"
     purpose = ("Supervised segmentation of the regions its training labels drew, in brain MRI of the same "
                "modalities. `anodiff detect` draws several masks for a scan, fuses them (`_mask.nii.gz`, the fused "
