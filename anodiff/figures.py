@@ -104,6 +104,7 @@ def brain_box(brain: np.ndarray, margin: int = 4) -> tuple[slice, slice, slice]:
     return tuple(slice(max(0, a - margin), min(s, b + margin)) for a, b, s in zip(lo, hi, brain.shape))
 
 
+VOLUMES_SUFFIX = "_volumes.npz"  # a case's volumes for the report's 3D viewer (anodiff.evaluation.viewer), not views
 Panel = tuple[str, np.ndarray, str, str, float | None]  # title, RAS volume, colour map, colour-bar label, top
 Outline = tuple[str, np.ndarray, Colour]  # name, RAS mask, colour
 
@@ -154,7 +155,7 @@ def draw_case_figures(folder: Path, name: str, views) -> list[Figure]:
 
 def redraw_case_figures(folder: Path) -> int:
     """Redraw the figures of every ``.npz`` of :func:`save_case_figures` in ``folder``; how many."""
-    saved = sorted(folder.glob("*.npz")) if folder.is_dir() else []
+    saved = sorted(p for p in folder.glob("*.npz") if not p.name.endswith(VOLUMES_SUFFIX)) if folder.is_dir() else []
     for path in saved:
         with np.load(path) as views:
             draw_case_figures(folder, path.stem, dict(views))

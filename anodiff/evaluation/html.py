@@ -1,6 +1,7 @@
 """A report as one self-contained HTML file: tables, every figure inline (base64 PNG), settings and versions.
 
-Nothing in the page is fetched: no script, no stylesheet link, no remote image,
+Nothing in the page is fetched: no script link, no stylesheet link, no remote image
+(the 3D viewer's NiiVue and volumes are inline, :mod:`anodiff.evaluation.viewer`),
 so it opens offline and survives being mailed or attached to a paper's review.
 """
 
@@ -12,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Protocol
 
+from anodiff.evaluation import viewer
+
 
 class Page(Protocol):
     """What a page is drawn from (an :class:`anodiff.evaluation.report.Report`)."""
@@ -22,6 +25,7 @@ class Page(Protocol):
     figures: dict
 
 MAX_CASE_FIGURES = 24  # per-case figures inlined; a cohort's others stay in overlays/
+MAX_VIEWERS = 12  # cases with a 3D viewer (their volumes embedded: about 1 MB each)
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -49,6 +53,14 @@ def to_html(report: Page, images: dict[str, Path], case_figures: list[Path]) -> 
     if images:
         parts.append("<h2>Figures</h2>")
         parts += [_figure(path, caption) for caption, path in images.items()]
+    volumes = [path.with_name(path.stem + viewer.SUFFIX) for path in case_figures]
+    volumes = [path for path in volumes if path.is_file()][:MAX_VIEWERS]
+    if volumes:
+        parts.append(f"<h2>3D viewer ({len(volumes)} case(s): three linked planes and a render; scroll to move "
+                     "through slices, drag to rotate)</h2>")
+        parts += [viewer.viewer_section(path, index, path.name[:-len(viewer.SUFFIX)])
+                  for index, path in enumerate(volumes)]
+        parts.append(viewer.viewer_script())
     if case_figures:
         shown = case_figures[:MAX_CASE_FIGURES]
         parts.append(f"<h2>Cases ({len(shown)} of {len(case_figures)} shown)</h2>")
@@ -58,7 +70,7 @@ def to_html(report: Page, images: dict[str, Path], case_figures: list[Path]) -> 
         parts += ["<h2>Settings and versions</h2>", _table(("setting", "value"), settings)]
     body = "\n".join(parts)
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(report.title)}"
-            f"</title><style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+            f"</title><style>{STYLE}{viewer.STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
 
 
 def _figure(path: Path, caption: str) -> str:

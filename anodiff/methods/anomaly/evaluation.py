@@ -18,6 +18,7 @@ from anodiff.evaluation.anomaly import anomaly_report, summarize_method
 from anodiff.evaluation.baseline import baseline_modalities, baseline_score
 from anodiff.evaluation.metrics import size_bin
 from anodiff.evaluation.report import Report
+from anodiff.evaluation.viewer import save_viewer_volumes, viewer_volumes
 from anodiff.figures import BLUE, GREEN, RED, case_views, ras_spacing, ras_view, save_case_figures
 from anodiff.formats import baseline_thresholds
 from anodiff.inference.cases import labelled_cases
@@ -96,3 +97,4 @@ def save_detection_figures(folder: Path, case_id: str, result: Prediction, truth
               ("anomaly map", ras(result.maps["score"]), "inferno", units, None)]
     spacing = ras_spacing(result.reference.affine, result.reference.spacing_mm)
     save_case_figures(folder, case_id, case_views(case_id, image, panels, outlines, brain, spacing))
+    save_viewer_volumes(folder, case_id, viewer_volumes(image, panels, outlines, brain, spacing))

@@ -26,6 +26,7 @@ from anodiff.evaluation.segmentation import (
     zone_means,
     zone_summary,
 )
+from anodiff.evaluation.viewer import save_viewer_volumes, viewer_volumes
 from anodiff.figures import BLUE, GREEN, RED, case_views, ras_spacing, ras_view, save_case_figures
 from anodiff.inference.cases import labelled_cases, preprocess
 from anodiff.inference.fusion import fuse
@@ -153,3 +154,4 @@ def save_segmentation_figures(folder: Path, case_id: str, result: Prediction, tr
               ("uncertainty", ras(result.maps["uncertainty"][0]), "viridis", uncertainty, None)]
     spacing = ras_spacing(result.reference.affine, result.reference.spacing_mm)
     save_case_figures(folder, case_id, case_views(case_id, image, panels, outlines, brain, spacing))
+    save_viewer_volumes(folder, case_id, viewer_volumes(image, panels, outlines, brain, spacing))
