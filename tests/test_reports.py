@@ -91,7 +91,7 @@ def test_html_is_self_contained_and_holds_every_figure(report, tmp_path):
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     pngs = list((tmp_path / "figures").glob("*.png")) + list((tmp_path / "overlays").glob("*.png"))
     assert len(pngs) == 6
-    assert page.count("data:image/png;base64,") == len(pngs)
+    assert page.count("<img src='data:image/png;base64,") == len(pngs)
     for remote in ("http://", "https://", "<script", "<link", "url("):
         assert remote not in page
     assert "Settings and versions" in page and "versions.torch" in page and "anomaly.t0" in page
@@ -106,7 +106,7 @@ def test_report_command_renders_from_report_json_alone(report, tmp_path):
     assert {p.name for p in (tmp_path / "figures").iterdir()} == {"roc.png", "pr.png", "dice_threshold.png",
                                                                   "histograms.png"}
     assert "| anodiff |" in (tmp_path / "summary.md").read_text(encoding="utf-8")
-    assert (tmp_path / "report.html").read_text(encoding="utf-8").count("data:image/png;base64,") == 4
+    assert (tmp_path / "report.html").read_text(encoding="utf-8").count("<img src='data:image/png;base64,") == 4
     assert (tmp_path / "per_case.csv").read_text().count("case_") == 3
 
 
@@ -119,7 +119,7 @@ def test_report_command_redraws_the_case_figures_from_their_views(report, tmp_pa
     assert runner.invoke(app, ["report", str(tmp_path)]).exit_code == 0
     assert (tmp_path / "overlays" / "case_0.png").read_bytes() == drawn
     assert (tmp_path / "overlays" / "case_0_montage.png").is_file()
-    assert (tmp_path / "report.html").read_text(encoding="utf-8").count("data:image/png;base64,") == 6
+    assert (tmp_path / "report.html").read_text(encoding="utf-8").count("<img src='data:image/png;base64,") == 6
 
 
 def test_report_command_refuses_a_folder_without_report_json(tmp_path):

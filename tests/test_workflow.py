@@ -122,7 +122,8 @@ def test_evaluate_writes_the_report(tiny_model, tiny_cohort, tmp_path):
     assert len(list((tmp_path / "report" / "overlays").glob("*.png"))) == 12
     summary = (tmp_path / "report" / "summary.md").read_text(encoding="utf-8")
     assert "flair threshold" in summary and "![ROC curves](figures/roc.png)" in summary
-    assert (tmp_path / "report" / "report.html").read_text(encoding="utf-8").count("data:image/png;base64,") == 16
+    page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert page.count("<img src='data:image/png;base64,") == 16
     assert "AUROC pooled" in result.stdout
 
 

@@ -99,7 +99,7 @@ def recipe(config: RunConfig) -> list[str]:
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A markdown table; floats to three decimals."""
-    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    cell = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
 

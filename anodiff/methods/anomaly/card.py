@@ -61,7 +61,7 @@ def sensitivity(meta: dict[str, Any]) -> str:
     groups = {**check.get("sizes", {}), **check.get("kinds", {})}
     if not groups:
         return ""
-    rows = [(name, g["count"], g.get("median_ml", float("nan")), g["auroc"], g["auprc"])
+    rows = [(name, g.get("count"), g.get("median_ml"), g.get("auroc"), g.get("auprc"))
             for name, g in {**groups, "all": check.get("all", {})}.items() if g]
     return ("## Sensitivity check\n\nGeneric anomalies inserted into held-out healthy tissue (no label, no lesion "
             "kind of any data set): how well the map finds them.\n\n"
@@ -73,7 +73,8 @@ def limits(config: RunConfig, meta: dict[str, Any]) -> list[str]:
     found = [f"Lesions under about two pixels of the network grid are missed: a brain about {BRAIN_MM} mm across "
              f"becomes {config.data.image_size} px, {BRAIN_MM / config.data.image_size:.1f} mm pixels."]
     kinds = ((meta.get("sensitivity") or {}).get("kinds")) or {}
-    weak = sorted((g["auroc"], name) for name, g in kinds.items() if g.get("auroc", 1) < 0.9)
+    weak = sorted((g["auroc"], name) for name, g in kinds.items()
+                  if isinstance(g.get("auroc"), float) and g["auroc"] < 0.9)  # None: too few to measure
     if weak:
         found.append("The sensitivity check found these inserted kinds hardest: "
                      + ", ".join(f"{name} (AUROC {auroc:.2f})" for auroc, name in weak) + ".")
