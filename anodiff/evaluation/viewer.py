@@ -33,11 +33,12 @@ MASK_COLOURS = ("green", "red", "blue", "violet")  # NiiVue colour maps of the o
 
 
 def viewer_volumes(image: np.ndarray, panels: list[Panel], outlines: list[Outline], brain: np.ndarray,
-                   spacing) -> dict[str, np.ndarray]:
+                   spacing, threshold: float | None = None) -> dict[str, np.ndarray]:
     """The case for the viewer (RAS volumes as :func:`anodiff.figures.case_views` takes them): ``image`` in
     [0, 1], the first coloured panel (the map) and every outline, cropped to the brain, subsampled to at most
-    :data:`VIEWER_SIZE` voxels an axis, as uint8; ``meta`` holds names, colour maps, the map's top and the
-    voxel size."""
+    :data:`VIEWER_SIZE` voxels an axis, as uint8; ``meta`` holds names, colour maps, the map's top, the
+    ``threshold`` the viewer starts the map at (the mask's: what is shown is what was flagged) and the voxel
+    size."""
     box = brain_box(brain)
     step = max(1, -(-max(s.stop - s.start for s in box) // VIEWER_SIZE))
     cut = lambda volume: np.ascontiguousarray(volume[box][::step, ::step, ::step])  # noqa: E731
@@ -49,7 +50,8 @@ def viewer_volumes(image: np.ndarray, panels: list[Panel], outlines: list[Outlin
         inside = volume[brain]
         top = top if top is not None else (float(np.percentile(inside, 99.9)) if inside.size else 1.0)
         volumes["map"] = to_bytes(cut(volume), top)
-        meta["map"] = {"name": name, "colormap": HEAT.get(cmap, "warm"), "units": units, "top": top}
+        meta["map"] = {"name": name, "colormap": HEAT.get(cmap, "warm"), "units": units, "top": top,
+                       "threshold": min(float(threshold), top) if threshold is not None else 0.0}
     for index, (name, mask, _) in enumerate(outlines):
         volumes[f"mask{index}"] = cut(mask).astype(np.uint8)
         meta["masks"].append({"name": name, "colormap": MASK_COLOURS[index % len(MASK_COLOURS)]})
@@ -85,8 +87,10 @@ def viewer_section(path: Path, index: int, title: str) -> str:
                    "cal_min": 0, "cal_max": 255, "label": "scan"}]
         if meta["map"] is not None:
             layers.append({"url": nifti_url(stored["map"], meta["spacing"]), "name": "map.nii.gz",
-                           "colormap": meta["map"]["colormap"], "cal_min": 0, "cal_max": 255, "opacity": 0.6,
-                           "label": meta["map"]["name"], "top": meta["map"]["top"], "units": meta["map"]["units"]})
+                           "colormap": meta["map"]["colormap"], "cal_max": 255, "opacity": 0.6,
+                           "cal_min": meta["map"].get("threshold", 0.0) / max(meta["map"]["top"], 1e-12) * 255,
+                           "threshold": meta["map"].get("threshold", 0.0), "label": meta["map"]["name"],
+                           "top": meta["map"]["top"], "units": meta["map"]["units"]})
         for i, mask in enumerate(meta["masks"]):
             layers.append({"url": nifti_url(stored[f"mask{i}"], meta["spacing"]), "name": f"mask{i}.nii.gz",
                            "colormap": mask["colormap"], "cal_min": 0.5, "cal_max": 1, "opacity": 0.8,
@@ -134,8 +138,8 @@ async function anodiffOpen(index) {
     } else {
       label.innerHTML = `${layer.label}: opacity `
         + `<input type='range' min='0' max='1' step='0.05' value='${layer.opacity}'>`
-        + ` threshold <input type='range' min='0' max='${layer.top}' step='${layer.top / 100}' value='0'>`
-        + ` <span></span>`;
+        + ` threshold <input type='range' min='0' max='${layer.top}' step='${layer.top / 100}'`
+        + ` value='${layer.threshold}'> <span>${layer.threshold.toPrecision(3)} ${layer.units || ''}</span>`;
       const [opacity, threshold] = label.querySelectorAll('input');
       const shown = label.querySelector('span');
       opacity.oninput = e => nv.setOpacity(i, Number(e.target.value));

@@ -62,7 +62,8 @@ def evaluate_anomaly(method: Method, model: TrainedModel, data: Path, *, seed: i
         if overlays is not None:
             first = baselines[0]
             save_detection_figures(overlays, case.id, result, label,
-                                   (f"{first} threshold", references[first] > thresholds[first]), channel, units)
+                                   (f"{first} threshold", references[first] > thresholds[first]), channel, units,
+                                   threshold=model.meta["threshold"])
         if progress is not None:
             progress(index + 1, len(cases), case.id)
     methods = {
@@ -82,12 +83,13 @@ def evaluate_anomaly(method: Method, model: TrainedModel, data: Path, *, seed: i
 
 
 def save_detection_figures(folder: Path, case_id: str, result: Prediction, truth: np.ndarray,
-                           baseline: tuple[str, np.ndarray], channel: int, units: str) -> None:
+                           baseline: tuple[str, np.ndarray], channel: int, units: str,
+                           threshold: float | None = None) -> None:
     """``<case>.png``: three views through the largest lesion of the normalised image, its reconstruction and
     the anomaly map (colour bar in ``units``), with the outlines of the truth (green), anodiff's mask (red) and
     the baseline's (blue); ``<case>_montage.png``: the axial slices with most lesion; ``<case>.npz``: the 2D
     views they show (``anodiff report`` redraws from it). ``channel`` is the
-    modality shown; ``baseline`` its name and calibrated mask."""
+    modality shown; ``baseline`` its name and calibrated mask; ``threshold`` where the 3D viewer's map starts."""
     ras = ras_view(result.reference.affine)
     brain = ras(result.brain)
     image = ras(result.maps["normalised"][channel])
@@ -97,4 +99,4 @@ def save_detection_figures(folder: Path, case_id: str, result: Prediction, truth
               ("anomaly map", ras(result.maps["score"]), "inferno", units, None)]
     spacing = ras_spacing(result.reference.affine, result.reference.spacing_mm)
     save_case_figures(folder, case_id, case_views(case_id, image, panels, outlines, brain, spacing))
-    save_viewer_volumes(folder, case_id, viewer_volumes(image, panels, outlines, brain, spacing))
+    save_viewer_volumes(folder, case_id, viewer_volumes(image, panels, outlines, brain, spacing, threshold))

@@ -77,7 +77,8 @@ def evaluate_segdiff(method: Method, model: TrainedModel, data: Path, *, samples
         predicted_zones.append({name: zone_means(spread[r], result.maps["regions"][r], result.brain)
                                 for r, name in enumerate(cfg.regions)})
         if overlays is not None:
-            save_segmentation_figures(overlays, case.id, result, truth[0], unet, model.config.segmentation.uncertainty)
+            save_segmentation_figures(overlays, case.id, result, truth[0], unet, model.config.segmentation.uncertainty,
+                                      threshold=model.config.segmentation.threshold)
         if progress is not None:
             progress(index + 1, len(cases), case.id)
     figures = report_figures(model, data, rows, curves, zones, predicted_zones, pooled, seconds, names, samples)
@@ -138,7 +139,7 @@ def report_figures(model: TrainedModel, data: Path, rows: list[dict], curves: li
 
 
 def save_segmentation_figures(folder: Path, case_id: str, result: Prediction, truth: np.ndarray,
-                              unet: Prediction | None, uncertainty: str) -> None:
+                              unet: Prediction | None, uncertainty: str, threshold: float | None = None) -> None:
     """``<case>.png``: three views through the largest lesion of the image, the fused probability and the
     uncertainty (colour bars), with the outlines of the truth (green), SegDiff (red) and the UNet reference
     (blue); ``<case>_montage.png``: the axial slices with most lesion; ``<case>.npz``: the views they show.
@@ -154,4 +155,4 @@ def save_segmentation_figures(folder: Path, case_id: str, result: Prediction, tr
               ("uncertainty", ras(result.maps["uncertainty"][0]), "viridis", uncertainty, None)]
     spacing = ras_spacing(result.reference.affine, result.reference.spacing_mm)
     save_case_figures(folder, case_id, case_views(case_id, image, panels, outlines, brain, spacing))
-    save_viewer_volumes(folder, case_id, viewer_volumes(image, panels, outlines, brain, spacing))
+    save_viewer_volumes(folder, case_id, viewer_volumes(image, panels, outlines, brain, spacing, threshold))
