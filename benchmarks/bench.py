@@ -349,16 +349,20 @@ def markdown(results: dict) -> str:
         lines.append(f"| {name} | {t['command_s']:.1f} | {t['total_s']:.2f} | {t['one_thread_total_s']:.2f} | "
                      f"{t['network_s']:.2f} | {t['network_passes']} | {t['gflops']:.1f} | {t['peak_share']:.0%} | "
                      f"{t['peak_rss_mb']:.0f} |")
-    if results.get("onnx"):
-        lines += ["", "`anodiff detect --runtime onnx` (after `anodiff export`) against the torch network, per volume "
-                      "(the command's seconds over the cases, start-up included):", "",
-                  "| model and cases | cases | torch s | ONNX Runtime s | speed-up | masks identical | "
-                  "map voxels within 1e-5 | largest map difference |", "| --- " * 8 + "|"]
-        for r in results["onnx"]:
-            lines.append(f"| {r['model']} | {r['cases']} | {r['torch_s']:.1f} | {r['onnx_s']:.1f} | "
-                         f"{r['torch_s'] / r['onnx_s']:.2f}x | {r['masks_identical']} of {r['cases']} | "
-                         f"{r['map_within_1e-5']:.4%} | {r['map_max_difference']:.1e} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + onnx_lines(results.get("onnx", []))) + "\n"
+
+
+def onnx_lines(rows: list[dict]) -> list[str]:
+    """The torch-against-ONNX Runtime table (none when the ONNX path was not measured)."""
+    if not rows:
+        return []
+    lines = ["", "`anodiff detect --runtime onnx` (after `anodiff export`) against the torch network, per volume "
+                 "(the command's seconds over the cases, start-up included):", "",
+             "| model and cases | cases | torch s | ONNX Runtime s | speed-up | masks identical | "
+             "map voxels within 1e-5 | largest map difference |", "| --- " * 8 + "|"]
+    return lines + [f"| {r['model']} | {r['cases']} | {r['torch_s']:.1f} | {r['onnx_s']:.1f} | "
+                    f"{r['torch_s'] / r['onnx_s']:.2f}x | {r['masks_identical']} of {r['cases']} | "
+                    f"{r['map_within_1e-5']:.4%} | {r['map_max_difference']:.1e} |" for r in rows]
 
 
 if __name__ == "__main__":

@@ -28,6 +28,12 @@ class Table:
     rows: list[tuple[str, ...]] = field(default_factory=list)
     note: str = ""  # what the figures mean, shown under the title in Markdown
 
+    def to_markdown(self) -> str:
+        """``## title``, the note, then the table."""
+        lines = [f"## {self.title}", ""] + ([self.note, ""] if self.note else [])
+        lines += ["| " + " | ".join(self.columns) + " |", "|" + " --- |" * len(self.columns)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in self.rows])
+
 
 @dataclass(frozen=True)
 class Report:
@@ -45,12 +51,7 @@ class Report:
         for note in self.notes:
             lines += [note, ""]
         for table in self.tables:
-            lines += [f"## {table.title}", ""]
-            if table.note:
-                lines += [table.note, ""]
-            lines += ["| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns)]
-            lines += ["| " + " | ".join(row) + " |" for row in table.rows]
-            lines.append("")
+            lines += [table.to_markdown(), ""]
         if images:
             lines += ["## Figures", ""] + [f"![{caption}]({path})" for caption, path in images.items()] + [""]
         if case_figures:

@@ -42,14 +42,14 @@ def viewer_volumes(image: np.ndarray, panels: list[Panel], outlines: list[Outlin
     box = brain_box(brain)
     step = max(1, -(-max(s.stop - s.start for s in box) // VIEWER_SIZE))
     cut = lambda volume: np.ascontiguousarray(volume[box][::step, ::step, ::step])  # noqa: E731
-    volumes = {"image": to_bytes(cut(image), 1.0)}
+    volumes = {"image": to_uint8(cut(image), 1.0)}
     heat = next((panel for panel in panels if panel[2] != "gray"), None)
     meta = {"spacing": [float(s) * step for s in spacing], "masks": [], "map": None}
     if heat is not None:
         name, volume, cmap, units, top = heat
         inside = volume[brain]
         top = top if top is not None else (float(np.percentile(inside, 99.9)) if inside.size else 1.0)
-        volumes["map"] = to_bytes(cut(volume), top)
+        volumes["map"] = to_uint8(cut(volume), top)
         meta["map"] = {"name": name, "colormap": HEAT.get(cmap, "warm"), "units": units, "top": top,
                        "threshold": min(float(threshold), top) if threshold is not None else 0.0}
     for index, (name, mask, _) in enumerate(outlines):
@@ -58,7 +58,7 @@ def viewer_volumes(image: np.ndarray, panels: list[Panel], outlines: list[Outlin
     return volumes | {"meta": np.array(json.dumps(meta))}
 
 
-def to_bytes(volume: np.ndarray, top: float) -> np.ndarray:
+def to_uint8(volume: np.ndarray, top: float) -> np.ndarray:
     """``volume`` / ``top`` in [0, 1] as uint8 0-255."""
     return np.round(np.clip(np.nan_to_num(volume / max(top, 1e-12)), 0, 1) * 255).astype(np.uint8)
 

@@ -97,13 +97,6 @@ def recipe(config: RunConfig) -> list[str]:
             f"EMA {t.ema_decay:g}, seed {t.seed}"]
 
 
-def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A markdown table; floats to three decimals."""
-    cell = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
-
-
 def listed(ids: Sequence[str], most: int = 12) -> str:
     shown = ", ".join(ids[:most])
     return shown + (f" and {len(ids) - most} more" if len(ids) > most else "") if ids else "none"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from anodiff.config import RunConfig
+from anodiff.evaluation.anomaly import floor_table, sensitivity_table
 from anodiff.methods.anomaly.scoring import passes_per_input
-from anodiff.methods.card import table
 
 PURPOSE = ("Unsupervised anomaly detection in brain MRI. The network learned healthy tissue only; `anodiff detect` "
            "noises a scan part of the way, denoises it back, and scores how far the scan departs from that healthy "
@@ -47,25 +47,13 @@ def calibration(config: RunConfig, meta: dict[str, Any]) -> str:
 
 
 def floor(meta: dict[str, Any]) -> str:
-    zones = ((meta.get("healthy_floor") or {}).get("zones")) or {}
-    if not zones:
-        return ""
-    rows = [(name.replace("_", " "), int(z.get("voxels", 0)), z.get("score_mean"), z.get("score_p99"),
-             z.get("ssim_mean")) for name, z in zones.items()]
-    return ("## Healthy floor\n\nThe map on held-out healthy brain, by tissue zone (lower is better; SSIM between "
-            "scan and reconstruction):\n\n" + table(("zone", "voxels", "mean", "p99", "SSIM"), rows))
+    found = meta.get("healthy_floor")
+    return floor_table(found).to_markdown() if found and found.get("zones") else ""
 
 
 def sensitivity(meta: dict[str, Any]) -> str:
-    check = meta.get("sensitivity") or {}
-    groups = {**check.get("sizes", {}), **check.get("kinds", {})}
-    if not groups:
-        return ""
-    rows = [(name, g.get("count"), g.get("median_ml"), g.get("auroc"), g.get("auprc"))
-            for name, g in {**groups, "all": check.get("all", {})}.items() if g]
-    return ("## Sensitivity check\n\nGeneric anomalies inserted into held-out healthy tissue (no label, no lesion "
-            "kind of any data set): how well the map finds them.\n\n"
-            + table(("inserted", "count", "median ml", "AUROC", "AUPRC"), rows))
+    found = meta.get("sensitivity")
+    return sensitivity_table(found).to_markdown() if found and found.get("kinds") else ""
 
 
 def limits(config: RunConfig, meta: dict[str, Any]) -> list[str]:
