@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo-output
 
-.PHONY: setup demo test test-all bench lint clean
+.PHONY: setup demo test test-all bench lint clean browser
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,13 @@ TEST_WORKERS ?= 2
 
 test: setup
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# Debian's Chromium for the browser test of the report's viewer (skipped without one), where apt-get can install it.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # The same tests with the property-based ones trying 10x more inputs.
 test-all: setup

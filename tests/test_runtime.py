@@ -16,6 +16,9 @@ from anodiff.weights import read_safetensors, write_safetensors
 pytest.importorskip("onnxruntime")
 
 FIXTURES = ("tiny_model", "ldm_model", "segdiff_model")
+# The largest map difference allowed: an anomaly map is one partial reverse pass from the scan, continuous in the
+# network's output; a segdiff map ends a reverse chain from pure noise, which carries each step's ~1e-6 on.
+MAP_TOLERANCE = {"tiny_model": 1e-5, "ldm_model": 1e-5, "segdiff_model": 5e-4}
 
 
 def copied(model, folder):
@@ -42,10 +45,10 @@ def test_the_onnx_runtime_gives_the_masks_and_maps_of_torch(fixture, tiny_cohort
     torch_mask, torch_map = detected(case, model, tmp_path / "torch")
     onnx_mask, onnx_map = detected(case, model, tmp_path / "onnx", "--runtime", "onnx")
     assert np.array_equal(torch_mask, onnx_mask)
-    # The network agrees to ~1e-6; a detection map's healthy statistics are binned by the reconstruction's
-    # intensity, so a voxel on a bin's edge may fall in the next bin: nearly all, not all, within 1e-5.
-    close = np.abs(torch_map - onnx_map) <= 1e-5
-    assert close.mean() >= 0.999, f"{(~close).sum()} of {close.size} map voxels differ by more than 1e-5"
+    # The network agrees to ~1e-6, and the map is continuous in the network's output (its healthy statistics
+    # are interpolated between bands, not looked up in one).
+    difference = np.abs(torch_map - onnx_map).max()
+    assert difference <= MAP_TOLERANCE[fixture], f"map voxels differ by up to {difference:.2e}"
 
 
 def test_an_export_of_other_weights_is_refused_and_an_existing_one_kept(tiny_model, tiny_cohort, tmp_path):

@@ -80,6 +80,19 @@ def test_zscore_ranks_a_residual_in_flat_tissue_above_the_same_at_a_bright_edge(
     assert ResidualStats.from_dict(stats.to_dict()).zscores(test, recon, edges).equal(stats.zscores(test, recon, edges))
 
 
+def test_a_zscore_does_not_jump_where_the_reconstruction_crosses_a_band_edge():
+    recon, residual = edge_phantom()
+    recon = recon + 0.1 * torch.from_numpy(np.random.default_rng(2).random(recon.shape).astype(np.float32))
+    edges = edge_strength(recon, 2)
+    stats = ResidualStats.fit(residual.flatten(1).numpy(), recon.flatten(1).numpy(), edges.flatten(1).numpy())
+    test = torch.full_like(residual, 0.3)
+    for edge in stats.intensity_edges[0]:
+        below, above = recon.clone(), recon.clone()  # one voxel just either side of a band's edge
+        below[0, 5, 5, 1], above[0, 5, 5, 1] = edge - 1e-6, edge + 1e-6
+        z_below, z_above = (stats.zscores(test, x, edges)[0, 5, 5, 1] for x in (below, above))
+        assert abs(z_above - z_below) < 1e-3 * abs(z_below)
+
+
 def test_max_over_modalities_keeps_a_lesion_seen_in_one_contrast():
     per_modality = torch.zeros(4, 8, 8, 2)
     per_modality[2, 4, 4, 1] = 1.0  # visible in one contrast of four
