@@ -13,6 +13,14 @@ foreign-patch interpolation, Tan et al. 2020, and DISYRE, Marimont & Tarroni 202
 * ``mass``: a nearly iso-intense (within 8 %), featureless region that pushes the
   tissue around it aside: a deformation with little intensity change.
 
+An anomaly's label is what its insertion visibly changed (NSA, Schlüter et al. 2022,
+labels by the change too): the voxels where some modality moved by ``VISIBLE`` or
+more, or did so on average over its 3-voxel neighbourhood (texture). A blurred
+region of flat tissue, or an iso-intense fill of tissue already at that intensity,
+changed nothing a method could see, so it is no miss; the tissue a mass pushed
+aside did change, so it is part of that anomaly. Everything an insertion changed at
+all (``touched``) is kept out of the healthy voxels the check compares with.
+
 Volumes are network-grid tensors (C, H, W, D) in [0, 1] (see
 :mod:`anodiff.data.transforms`); sizes are in millilitres on that grid. This module
 draws and inserts; it runs no network (that is :mod:`anodiff.methods.anomaly.sensitivity`).
@@ -32,15 +40,19 @@ SIZE_STRATA_ML = ((0.05, 1.0), (1.0, 10.0), (10.0, 50.0))
 CONTRAST = (0.1, 0.35)  # |intensity change| of the intensity kinds, normalised units (healthy tissue ~0.2-0.8)
 MASS_CONTRAST = 0.08  # at most, relative to the tissue it replaces
 EDGE = 0.3  # the blob's soft edge, as a fraction of its radius
+MASS_REACH = 2.0  # a mass moves tissue out to twice its radius
+VISIBLE = 0.05  # the smallest change labelled (normalised units): half the weakest contrast drawn
 
 
 @dataclass(frozen=True)
 class Inserted:
-    """One inserted anomaly: its kind, volume (ml) and voxels (H, W, D) bool on the network grid."""
+    """One inserted anomaly: its kind, visible volume (ml), the voxels it visibly changed (``mask``) and those it
+    changed at all (``touched``), (H, W, D) bool on the network grid."""
 
     kind: str
     ml: float
     mask: np.ndarray
+    touched: np.ndarray
 
 
 def plan(count: int, rng: np.random.Generator, offset: int = 0) -> list[tuple[str, float]]:
@@ -66,18 +78,33 @@ def insert(image: np.ndarray, brain: np.ndarray, spacing_mm, draws: list[tuple[s
     inserted = []
     for kind, ml in draws:
         radii = ellipsoid_radii_mm(ml, rng)
-        centre = place(region, taken, radii, spacing, rng)
+        reach = MASS_REACH if kind == "mass" else 1 + EDGE
+        centre = place(region, taken, radii * reach / (1 + EDGE), spacing, rng)
         if centre is None:
             continue
         distance = ellipsoid_distance(brain.shape, centre, radii, spacing, rng)
-        mask = (distance <= 1) & brain
-        if not mask.any():  # smaller than a voxel of this grid
+        core = (distance <= 1) & brain
+        if not core.any():  # smaller than a voxel of this grid
             continue
-        weight = profile(distance)
-        out = INSERTERS[kind](out, weight, mask, distance, centre, radii, spacing, rng)
-        taken |= ndimage.binary_dilation(distance <= 1 + EDGE, iterations=2)
-        inserted.append(Inserted(kind, float(mask.sum() * np.prod(spacing) / 1000), mask))
-    return np.clip(out, 0, 1) * (brain[None] > 0), inserted
+        before = out.copy()
+        out = np.clip(INSERTERS[kind](out, profile(distance), core, distance, centre, radii, spacing, rng), 0, 1)
+        out *= brain[None] > 0
+        touched, mask = changed(before, out, brain)
+        mask &= region
+        taken |= ndimage.binary_dilation(touched | (distance <= reach), iterations=2)
+        if mask.any():  # a change too faint to see is no anomaly to find
+            inserted.append(Inserted(kind, float(mask.sum() * np.prod(spacing) / 1000), mask, touched))
+    return out, inserted
+
+
+def changed(before: np.ndarray, after: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What an insertion changed, (H, W, D) bool each: at all (any modality by 1e-4, and the voxels beside), and
+    visibly (some modality by ``VISIBLE``, at the voxel or on average over its 3-voxel neighbourhood)."""
+    difference = np.abs(after - before)
+    touched = ndimage.binary_dilation(difference.max(axis=0) > 1e-4) & brain
+    local = ndimage.uniform_filter(difference, size=(1, 3, 3, 3), mode="constant")
+    visible = np.maximum(difference, local).max(axis=0) >= VISIBLE
+    return touched, visible & brain
 
 
 def profile(distance: np.ndarray) -> np.ndarray:
@@ -172,8 +199,8 @@ def _mass(image, weight, mask, distance, centre, radii, spacing, rng):
     featureless fill within ``MASS_CONTRAST`` of the tissue it replaces."""
     centre = centre[:, None, None, None]
     # Backward map: a voxel within 1-2 radii takes its tissue from nearer the centre, so the tissue moves outward
-    # (the most, a third of the radius, at the surface; none at twice the radius).
-    pull = 1 - 0.35 * np.clip(2 - distance, 0, 1)
+    # (the most, a third of the radius, at the surface; none at MASS_REACH radii).
+    pull = 1 - 0.35 * np.clip((MASS_REACH - distance) / (MASS_REACH - 1), 0, 1)
     source = centre + (np.indices(distance.shape, dtype=np.float32) - centre) * pull
     for c in range(len(image)):
         moved = ndimage.map_coordinates(image[c], source, order=1, mode="nearest")

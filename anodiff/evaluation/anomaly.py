@@ -148,8 +148,9 @@ def sensitivity_table(check: dict) -> Table:
     return Table("Sensitivity check (synthetic anomalies in held-out healthy data, at calibration)",
                  ("anomalies", "count", "AUROC", "AUPRC"), rows,
                  note=f"Kinds and sizes from 0.05 to 50 ml inserted into held-out healthy volumes and scored as "
-                      f"detection scores them, against {check['healthy_voxels']} healthy voxels of the same volumes; "
-                      "no label involved. The healthy floor shows false positives, this check shows misses.")
+                      f"detection scores them; each anomaly's voxels are those its insertion visibly changed, "
+                      f"against {check['healthy_voxels']} untouched voxels of the same volumes; no label involved. "
+                      "The healthy floor shows false positives, this check shows misses.")
 
 
 def _methods_table(figures: dict) -> Table:

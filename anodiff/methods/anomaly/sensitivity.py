@@ -6,7 +6,8 @@ held-out healthy volumes get copies with synthetic anomalies inserted
 mixed, one modality, texture, and an iso-intense mass that pushes tissue aside).
 The copies are reconstructed (a 2D model only on the slices an anomaly reaches) and
 scored exactly as detection scores them; AUROC and AUPRC of the map, by kind and by
-size, compare the anomalies' voxels with the healthy voxels of the same volumes.
+size, compare the voxels each anomaly visibly changed with the voxels of the same
+volumes that no insertion touched.
 The healthy floor shows false positives; this check shows misses. Both need no label,
 so settings can be chosen on them, never on test labels.
 """
@@ -49,7 +50,7 @@ def sensitivity_check(model: TrainedModel, volumes: list[tuple[PreprocessedCase,
                 continue
             score = scored_copy(model, preprocessed, grid, torch.from_numpy(image), inserted, stats, seed)
             scored = score > 0  # the eroded brain detection scores
-            near = ndimage.binary_dilation(np.any([i.mask for i in inserted], axis=0), iterations=2)
+            near = ndimage.binary_dilation(np.any([i.touched for i in inserted], axis=0), iterations=2)
             healthy.append(score[scored & allowed & ~near])
             found += [(i.kind, i.ml, score[i.mask & scored]) for i in inserted if (i.mask & scored).any()]
     return summarise(healthy, found, seed)
@@ -65,7 +66,7 @@ def scored_copy(model: TrainedModel, preprocessed: PreprocessedCase, grid: dict[
     if config.model.spatial_dims == 3:
         changed = reconstruct_grid(model.network, image, brain_grid, config, space=model.space, generator=generator)
     else:
-        reach = np.any([i.mask for i in inserted], axis=0).any(axis=(0, 1))
+        reach = np.any([i.touched for i in inserted], axis=0).any(axis=(0, 1))
         reach = ndimage.binary_dilation(reach, iterations=2)  # the soft rim reaches a little further
         only = brain_grid * torch.from_numpy(reach)[None, None, None, :]
         fresh = reconstruct_grid(model.network, image, only, config, space=model.space, generator=generator)
