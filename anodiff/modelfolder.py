@@ -30,7 +30,7 @@ from anodiff.config.sections import RunConfig
 from anodiff.diffusion.spaces import PixelSpace, Space
 from anodiff.errors import CheckpointError, DataError
 from anodiff.formats import FORMAT_VERSION
-from anodiff.outputs import replaced_atomically
+from anodiff.outputs import write_json, write_text
 from anodiff.weights import remove_stale_temporaries, state_tensors, write_safetensors
 
 WEIGHTS, META, CONFIG, AUTOENCODER = "model.safetensors", "meta.json", "config.yaml", "autoencoder.safetensors"
@@ -55,15 +55,6 @@ class TrainedModel:
 
 def versions() -> dict[str, str]:
     return {"anodiff": __version__, "torch": torch.__version__, "monai": monai.__version__}
-
-
-def write_text(path: Path, text: str) -> None:
-    with replaced_atomically(path) as tmp:
-        tmp.write_text(text)
-
-
-def write_json(path: Path, content: dict) -> None:
-    write_text(path, json.dumps(content, indent=2))
 
 
 def is_model_folder(folder: Path) -> bool:

@@ -105,3 +105,13 @@ def normal_file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def write_text(path: Path, text: str) -> None:
+    """``text`` into ``path``, whole or not at all."""
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: Path, content: dict) -> None:
+    write_text(path, json.dumps(content, indent=2))

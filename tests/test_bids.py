@@ -101,3 +101,32 @@ def test_bids_trains_detects_into_derivatives_and_evaluates(tiny_cohort, tmp_pat
     assert result.exit_code == 0, result.output
     figures = json.loads((report_dir / "report.json").read_text())
     assert {row["case"] for row in figures["cases"]} >= {"sub-01_ses-1", "sub-01_ses-2"}
+
+
+def test_prepare_writes_a_bids_input_as_a_derivatives_dataset_that_reads_back(tiny_cohort, tmp_path):
+    root = bids_copy(tiny_cohort, tmp_path / "bids")
+    out = root / "derivatives" / "prepared"
+    result = CliRunner().invoke(app, ["prepare", str(root), "--out", str(out), "--grid", "reference",
+                                      "--spacing", "4"])  # skull-stripped input on its own grid: seconds a case
+    assert result.exit_code == 0, result.output
+    anat = out / "sub-01" / "ses-2" / "anat"
+    for name in ("sub-01_ses-2_desc-preproc_FLAIR", "sub-01_ses-2_ce-gadolinium_desc-preproc_T1w",
+                 "sub-01_ses-2_desc-brain_mask", "sub-01_ses-2_desc-lesion_mask"):
+        assert (anat / f"{name}.nii.gz").is_file(), name
+    assert (anat / "prepare" / "prepare.json").is_file()
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and "prepared" in description["GeneratedBy"][0]["Description"]
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    ignored = (out / ".bidsignore").read_text().split()
+    named = [p for p in written if not any(fnmatch(part, pattern.rstrip("/")) for part in Path(p).parts
+                                           for pattern in ignored + [".*"])]
+    assert len(named) == 1 + 6 * 6  # the description; four scans, a brain and a lesion mask per case
+    unmatched = [p for p in named if not any(re.match(rule["regex"], p) for rule in derivative_rules())]
+    assert not unmatched, f"not named by the BIDS derivatives rules: {unmatched}"
+
+    prepared = {case.id: case for case in discover(out).cases}  # read back as the same cases, masks found
+    assert list(prepared) == sorted(case.id for case in discover(root).cases)
+    session = prepared["sub-01_ses-2"]
+    assert set(session.images) == set(SUFFIXES) and session.brain.parent == anat and session.label.parent == anat
+    again = CliRunner().invoke(app, ["prepare", str(root), "--out", str(out), "--grid", "reference", "--spacing", "4"])
+    assert again.exit_code == 0 and again.output.count("kept (prepared before)") == 6  # a rerun keeps them

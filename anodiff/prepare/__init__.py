@@ -11,9 +11,11 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from anodiff import __version__
+from anodiff.data import bids
 from anodiff.data.cases import Case
 from anodiff.errors import DataError
-from anodiff.outputs import replaced_atomically
+from anodiff.outputs import write_json
 from anodiff.prepare.case import Options, case_folder, prepare_case, read_record, reference_of, to_raw_grid
 from anodiff.progress import Progress
 
@@ -22,6 +24,8 @@ __all__ = ["Options", "Outcome", "prepare_case", "prepare_cases", "preparation_r
 
 log = logging.getLogger(__name__)
 RECORD = "prepare.json"  # at a prepared data set's root: the options, which a model trained on it keeps
+# What a prepared BIDS derivatives dataset holds that no BIDS rule names: the records, transforms and QC figures.
+BIDS_IGNORED = ("prepare/", RECORD)
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,9 @@ def prepare_cases(cases: list[Case], out: Path, options: Options = Options(), *,
         raise DataError(f"{out}: prepared with other options ({asdict(before)}); pass --overwrite to prepare its "
                         "cases again with these")
     out.mkdir(parents=True, exist_ok=True)
-    with replaced_atomically(out / RECORD) as tmp:
-        tmp.write_text(json.dumps({"options": asdict(options)}, indent=2))
+    write_json(out / RECORD, {"options": asdict(options)})
+    bids.describe(out, cases, __version__, "scans prepared for anodiff: bias-corrected, registered, brain-extracted",
+                  BIDS_IGNORED)
     outcomes = []
     for done, case in enumerate(cases, start=1):
         outcomes.append(_one(case, out, options, overwrite))

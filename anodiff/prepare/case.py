@@ -12,6 +12,12 @@ command reads it as it reads BraTS)::
     prepare/prepare.json        what was done, the raw files, seconds per stage
     prepare/qc.png              the brain's outline on the raw scan; the template's on the prepared one
 
+A BIDS case becomes a case of a BIDS derivatives dataset instead
+(``OUT/sub-X/[ses-Y/]anat/``, the scans' entities kept, :func:`output_names`):
+``..._space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz`` (no ``space-`` on the
+reference's own grid), ``..._desc-brain_mask.nii.gz`` and ``..._desc-lesion_mask.nii.gz``,
+with the same ``prepare/`` folder beside them.
+
 Transforms follow ITK's convention (output points -> input points), as text
 files; the prepared grid's geometry is stored in ``prepare.json``, so a map
 computed on it can be resampled back onto the raw scan (:func:`to_raw_grid`).
@@ -28,6 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from anodiff import figures, outputs
+from anodiff.data import bids
 from anodiff.data.cases import Case
 from anodiff.errors import DataError
 from anodiff.io import Volume, read_volume, write_volume
@@ -37,6 +44,7 @@ from anodiff.prepare.geometry import affine_of, read_transform, regrid, resample
 from anodiff.prepare.template import mni152
 
 GRIDS = ("template", "reference")
+TEMPLATE_SPACE = "MNI152NLin2009aSym"  # the template's BIDS name: ICBM 2009a, nonlinear, symmetric
 REFERENCE_ORDER = ("t1", "t1ce", "t2", "flair", "pd")
 
 
@@ -125,7 +133,8 @@ def _prepare_into(case: Case, folder: Path, options: Options) -> dict:
     lap("brain")
     checks = _brain_checks(case, brain_raw)
     grid = regrid(template.image if options.grid == "template" else scans[ref], options.spacing_mm)
-    prepared, brain = _write_outputs(case, folder, ref, scans, to_ref, grid_to_ref, grid, brain_raw, raw)
+    prepared, brain = _write_outputs(case, folder, output_names(case, options), ref, scans, to_ref, grid_to_ref,
+                                     grid, brain_raw, raw)
     _qc(folder, case.id, ref, scans[ref], brain_raw, grid, prepared, brain,
         template if options.grid == "template" else None)
     lap("write")
@@ -137,11 +146,10 @@ def _prepare_into(case: Case, folder: Path, options: Options) -> dict:
             "brain": checks, "seconds": seconds}
 
 
-def _write_outputs(case, folder, ref, scans, to_ref, grid_to_ref, grid, brain_raw,
+def _write_outputs(case, folder, names, ref, scans, to_ref, grid_to_ref, grid, brain_raw,
                    raw) -> tuple[np.ndarray, np.ndarray]:
     """Write the prepared case into ``folder``; returns the reference scan (whole head) and the brain on the
-    prepared grid, (X, Y, Z), for the QC figure."""
-    cid = case.id
+    prepared grid, (X, Y, Z), for the QC figure. ``names``: :func:`output_names`."""
     brain = to_array(resample(sitk.Cast(brain_raw, sitk.sitkFloat32), grid, grid_to_ref)) > 0.5
     like = Volume(np.zeros(grid.GetSize(), np.uint8), affine_of(grid))
     for m, scan in scans.items():
@@ -150,12 +158,12 @@ def _write_outputs(case, folder, ref, scans, to_ref, grid_to_ref, grid, brain_ra
         if m == ref:
             reference = on_grid
         image = np.where(brain, np.maximum(on_grid, 0), 0)
-        write_volume(image.astype(np.float32), folder / f"{cid}_{m}.nii.gz", like=like, dtype=np.float32)
-    write_volume(brain.astype(np.uint8), folder / f"{cid}_brain.nii.gz", like=like, dtype=np.uint8)
+        write_volume(image.astype(np.float32), folder / names[m], like=like, dtype=np.float32)
+    write_volume(brain.astype(np.uint8), folder / names["brain"], like=like, dtype=np.uint8)
     if case.label is not None:
         label = to_sitk(read_volume(case.label, allow_constant=True))
         carried = to_array(resample(label, grid, grid_to_ref, label=True)) * brain
-        write_volume(np.rint(carried).astype(np.uint8), folder / f"{cid}_seg.nii.gz", like=like, dtype=np.uint8)
+        write_volume(np.rint(carried).astype(np.uint8), folder / names["seg"], like=like, dtype=np.uint8)
     write_volume(to_array(brain_raw, np.uint8), folder / "prepare" / f"brain_on_raw_{ref}.nii.gz",
                  like=raw[ref], dtype=np.uint8)
     write_transform(grid_to_ref, folder / "prepare" / f"grid_to_{ref}.tfm")
@@ -211,5 +219,17 @@ def read_record(prepared: Path) -> dict:
 
 
 def case_folder(out: Path, case: Case) -> Path:
-    """Where :func:`prepare_case` writes ``case`` under ``out``."""
-    return out / case.id
+    """Where :func:`prepare_case` writes ``case`` under ``out``: ``out/<id>``, or a BIDS case's anat folder."""
+    return bids.anat_folder(out, case.entities) if case.entities else out / case.id
+
+
+def output_names(case: Case, options: Options) -> dict[str, str]:
+    """The file names of a prepared case: each modality's, ``brain`` and ``seg`` (see the module doc)."""
+    if not case.entities:
+        return {**{m: f"{case.id}_{m}.nii.gz" for m in case.images}, "brain": f"{case.id}_brain.nii.gz",
+                "seg": f"{case.id}_seg.nii.gz"}
+    space = TEMPLATE_SPACE if options.grid == "template" else None
+    here = Path()
+    scans = {m: bids.scan_derivative_path(here, path, "preproc", space=space).name for m, path in case.images.items()}
+    return {**scans, "brain": bids.derivative_path(here, case.entities, "brain", "mask", space=space).name,
+            "seg": bids.derivative_path(here, case.entities, "lesion", "mask", space=space).name}
