@@ -127,7 +127,8 @@ def inspect(
 @command
 def prepare(
     raw: Annotated[list[Path], typer.Argument(help="Raw scan file(s), case folder(s) or a data folder.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the prepared cases (BraTS layout; for BIDS input, a BIDS derivatives dataset).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the prepared cases (BraTS layout; for BIDS "
+                                                          "input, a BIDS derivatives dataset).")],
     reference: Annotated[str | None, typer.Option(
         help="Modality the others and the template are aligned to (default: t1, else the first).")] = None,
     grid: Annotated[str, typer.Option(help="template: resample onto the template's grid; reference: keep "
