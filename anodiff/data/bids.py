@@ -93,10 +93,13 @@ def find(root: Path) -> BidsFiles:
         key = case_id(entities)
         found.images[key][modality].append(path)
         found.entities.setdefault(key, tuple((k, entities[k]) for k in ("sub", "ses") if k in entities))
-    for path in images_under(root / "derivatives", skip=set(), skip_dataset=generated_by_anodiff):
-        parsed = parse(strip_image_suffix(path))
-        if parsed is not None and parsed[1] in MASK_SUFFIXES:
-            add_mask(found, path, *parsed)
+    derivatives = root / "derivatives"
+    pipelines = sorted(p for p in derivatives.iterdir() if p.is_dir()) if derivatives.is_dir() else []
+    for pipeline in (p for p in pipelines if not generated_by_anodiff(p)):
+        for path in images_under(pipeline, skip=set()):
+            parsed = parse(strip_image_suffix(path))
+            if parsed is not None and parsed[1] in MASK_SUFFIXES:
+                add_mask(found, path, *parsed)
     return found
 
 
@@ -121,16 +124,15 @@ def generated_by_anodiff(folder: Path) -> bool:
     return any(isinstance(tool, dict) and tool.get("Name") == "anodiff" for tool in description.get("GeneratedBy", []))
 
 
-def images_under(root: Path, *, skip: set[str], skip_dataset=lambda folder: False):
-    """Image files under ``root`` (any depth), sorted, without hidden entries, the ``skip`` folders or the
-    folders for which ``skip_dataset`` is true."""
+def images_under(root: Path, *, skip: set[str]):
+    """Image files under ``root`` (any depth), sorted, without hidden entries or the ``skip`` folders."""
     if not root.is_dir():
         return
     for entry in sorted(root.iterdir()):
         if entry.name.startswith(".") or entry.name in skip:
             continue
-        if entry.is_dir() and not skip_dataset(entry):
-            yield from images_under(entry, skip=skip, skip_dataset=skip_dataset)
+        if entry.is_dir():
+            yield from images_under(entry, skip=skip)
         elif image_suffix(entry) is not None:
             yield entry
 
@@ -144,22 +146,26 @@ def anat_folder(out: Path, entities: tuple[tuple[str, str], ...]) -> Path:
     return folder / "anat"
 
 
-def derivative_path(out: Path, entities: tuple[tuple[str, str], ...], desc: str, suffix: str, *,
-                    space: str | None = None) -> Path:
-    """``out/sub-X/[ses-Y/]anat/sub-X[_ses-Y][_space-<space>]_desc-<desc>_<suffix>.nii.gz``: a derivative of one
-    case."""
+def derivative_name(entities: tuple[tuple[str, str], ...], desc: str, suffix: str, *,
+                    space: str | None = None) -> str:
+    """``sub-X[_ses-Y][..][_space-<space>]_desc-<desc>_<suffix>.nii.gz``: a derivative's file name."""
     named = (*entities, *((("space", space),) if space else ()), ("desc", desc))
-    return anat_folder(out, entities) / f"{'_'.join(f'{key}-{value}' for key, value in named)}_{suffix}.nii.gz"
+    return f"{'_'.join(f'{key}-{value}' for key, value in named)}_{suffix}.nii.gz"
 
 
-def scan_derivative_path(out: Path, scan: Path, desc: str, *, space: str | None = None) -> Path:
-    """A derivative of one BIDS ``scan`` (its entities and suffix kept, e.g. ``ce-``), under ``out``."""
+def derivative_path(out: Path, entities: tuple[tuple[str, str], ...], desc: str, suffix: str) -> Path:
+    """``out/sub-X/[ses-Y/]anat/sub-X[_ses-Y]_desc-<desc>_<suffix>.nii.gz``: a derivative of one case."""
+    return anat_folder(out, entities) / derivative_name(entities, desc, suffix)
+
+
+def scan_derivative_name(scan: Path, desc: str, *, space: str | None = None) -> str:
+    """The file name of a derivative of one BIDS ``scan``: its entities (e.g. ``ce-``) and suffix kept."""
     parsed = parse(strip_image_suffix(scan))
     if parsed is None:
         raise ValueError(f"{scan}: not a BIDS name")
     entities, suffix = parsed
     kept = tuple((key, entities[key]) for key in ENTITY_ORDER if key in entities and key not in ("space", "desc"))
-    return derivative_path(out, kept, desc, suffix, space=space)
+    return derivative_name(kept, desc, suffix, space=space)
 
 
 def describe(out: Path, cases, version: str, what: str, ignored: tuple[str, ...]) -> None:

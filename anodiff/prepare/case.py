@@ -229,7 +229,6 @@ def output_names(case: Case, options: Options) -> dict[str, str]:
         return {**{m: f"{case.id}_{m}.nii.gz" for m in case.images}, "brain": f"{case.id}_brain.nii.gz",
                 "seg": f"{case.id}_seg.nii.gz"}
     space = TEMPLATE_SPACE if options.grid == "template" else None
-    here = Path()
-    scans = {m: bids.scan_derivative_path(here, path, "preproc", space=space).name for m, path in case.images.items()}
-    return {**scans, "brain": bids.derivative_path(here, case.entities, "brain", "mask", space=space).name,
-            "seg": bids.derivative_path(here, case.entities, "lesion", "mask", space=space).name}
+    scans = {m: bids.scan_derivative_name(path, "preproc", space=space) for m, path in case.images.items()}
+    return {**scans, "brain": bids.derivative_name(case.entities, "brain", "mask", space=space),
+            "seg": bids.derivative_name(case.entities, "lesion", "mask", space=space)}
