@@ -240,7 +240,7 @@ def _save(figure: Figure, path: Path) -> Figure:
 
 def save_loss_curve(log_csv: Path, path: Path) -> None:
     """The training loss of ``log_csv`` (columns step, loss, ...) against the step, log scale, as a PNG."""
-    rows = [line.split(",") for line in log_csv.read_text().splitlines()[1:] if line]
+    rows = [line.split(",") for line in log_csv.read_text(encoding="utf-8").splitlines()[1:] if line]
     points = [(int(r[0]), float(r[1])) for r in rows if len(r) > 1 and r[1] not in ("", "nan")]
     if not points:
         return

@@ -120,8 +120,8 @@ def read_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder}: missing {name}; training did not finish (use `anodiff train --resume`)")
     try:
-        raw = yaml.safe_load((folder / CONFIG).read_text())
-        meta = json.loads((folder / META).read_text())
+        raw = yaml.safe_load((folder / CONFIG).read_text(encoding="utf-8"))
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{folder}: unreadable {CONFIG} or {META} ({' '.join(str(err).split())})") from err
     if not isinstance(meta, dict):

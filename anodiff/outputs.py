@@ -110,7 +110,7 @@ def normal_file_mode() -> int:
 def write_text(path: Path, text: str) -> None:
     """``text`` into ``path``, whole or not at all."""
     with replaced_atomically(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: Path, content: dict) -> None:

@@ -96,7 +96,7 @@ def cohorts(anodiff: str, out: Path) -> None:
 def train(out: Path, device: str, settings: list[str]) -> tuple[Path, dict]:
     """The bench model of ``settings`` (reused when config, settings and data match) and its training figures."""
     model = trained(CONFIG, settings, out / "train", out, "--device", device)
-    meta = json.loads((model / "meta.json").read_text())
+    meta = json.loads((model / "meta.json").read_text(encoding="utf-8"))
     stages = {"diffusion": meta["training"]}
     if "training" in meta.get("autoencoder", {}):
         stages["autoencoder"] = meta["autoencoder"]["training"]
@@ -107,7 +107,7 @@ def evaluate(anodiff: str, out: Path, model: Path, label: str, device: str, sett
     report_dir = out / "reports" / label
     usage = timed(anodiff, "-q", "evaluate", "--model", str(model), "--data", str(out / "test"), "--out",
                   str(report_dir), "--device", device, "--overwrite", *settings)
-    report = json.loads((report_dir / "report.json").read_text())
+    report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
     m = report["methods"]["anodiff"]
     return {"method": label, "network_evals_per_slice": report["network_evals_per_slice"],
             "seconds_per_volume": report["seconds_per_volume"],
@@ -294,7 +294,7 @@ def main() -> None:
                "detect_speed": speed, "onnx": onnx, "seconds": time.perf_counter() - began}
     table = markdown(results) + "\nThe one summary line it printed:\n\n    " + summary_line(results) + "\n"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(results, indent=2))
+    (out / "bench.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     write_results("bench", "Speed and quality: samplers, LDM, training throughput, anodiff detect on a BraTS-sized "
                   "case (make bench)", table, configs=[CONFIG, ROOT / "configs" / "brats_cpu.yaml",
                                                         ROOT / "configs" / "ddpm2d.yaml"],

@@ -40,7 +40,7 @@ FLOP_PER_CYCLE = 32  # FP32, AVX2 + FMA, two FMA units per core
 
 def peak_gflops() -> tuple[float, str]:
     """(peak GFLOP/s of this machine's cores, how it was computed)."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    text = Path("/proc/cpuinfo").read_text(encoding="utf-8") if Path("/proc/cpuinfo").is_file() else ""
     mhz = [float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", text)] or [2000.0]
     cores = torch.get_num_threads()
     ghz = max(mhz) / 1000
@@ -144,7 +144,7 @@ def main() -> None:
     text = "\n".join(lines)
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cpu_path.md").write_text(text + "\n")
+    (args.out / "cpu_path.md").write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

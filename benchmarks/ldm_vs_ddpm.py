@@ -45,12 +45,12 @@ def main() -> None:
     for name, config in METHODS.items():
         model = trained(config, (), out / "train", out)
         report = evaluated(model, out / "test", (), out)
-        meta = json.loads((model / "meta.json").read_text())
+        meta = json.loads((model / "meta.json").read_text(encoding="utf-8"))
         rows[name] = {"report": report["methods"]["anodiff"], "baseline": report["methods"]["flair threshold"],
                       "seconds_per_volume": report["seconds_per_volume"],
                       "network_evals_per_slice": report["network_evals_per_slice"],
                       "train_seconds": meta["training"]["seconds_this_run"], "autoencoder": meta.get("autoencoder")}
-    (out / "ldm_vs_ddpm.json").write_text(json.dumps(rows, indent=2))
+    (out / "ldm_vs_ddpm.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
     table = markdown(rows)
     write_results("ldm_vs_ddpm", "LDM against DDPM at the demo's budget, on the demo's cohorts", table,
                   configs=list(METHODS.values()), minutes=(time.perf_counter() - start) / 60)

@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     run(anodiff_command(), "-q", "prepare", str(args.data), "--out", str(args.out), "--overwrite")
-    records = [json.loads(p.read_text()) for p in sorted(args.out.glob("*/prepare/prepare.json"))]
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(args.out.glob("*/prepare/prepare.json"))]
     stages = list(records[0]["seconds"])
     lines = ["| volunteer | brain Dice against the given mask | brain ml | seconds | "
              + " | ".join(f"{s} s" for s in stages) + " |", "| --- " * (4 + len(stages)) + "|"]

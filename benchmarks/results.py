@@ -50,7 +50,7 @@ def source_digest() -> str:
     """anodiff's source code (every module's text) as this benchmark started: a change to it, even without a new
     version, means rerunning."""
     package = ROOT / "anodiff"
-    return digest([(str(p.relative_to(package)), p.read_text()) for p in sorted(package.rglob("*.py"))])
+    return digest([(str(p.relative_to(package)), p.read_text(encoding="utf-8")) for p in sorted(package.rglob("*.py"))])
 
 
 def recipe_digest(config: Path, overrides, data: Path) -> str:
@@ -68,7 +68,7 @@ def trained(config: Path, overrides, data: Path, parent: Path, *extra: str) -> P
     one with the same digest finished (its meta.json holds a threshold), trained afresh otherwise."""
     folder = parent / f"model-{digest(recipe_digest(config, overrides, data), list(extra))}"
     meta = folder / "meta.json"
-    if not (meta.is_file() and "threshold" in json.loads(meta.read_text())):
+    if not (meta.is_file() and "threshold" in json.loads(meta.read_text(encoding="utf-8"))):
         run(anodiff_command(), "-q", "train", "--data", str(data), "--config", str(config), "--out", str(folder),
             "--overwrite", *extra, *overrides)
     return folder
@@ -77,13 +77,13 @@ def trained(config: Path, overrides, data: Path, parent: Path, *extra: str) -> P
 def evaluated(model: Path, data: Path, overrides, parent: Path, *extra: str) -> dict:
     """``anodiff evaluate`` of ``model`` on ``data`` with scoring overrides: its report.json, reused when a report
     of the same model (its meta.json), data, overrides and source code finished."""
-    key = digest((model / "meta.json").read_text(), str(Path(data).resolve()), list(overrides), list(extra),
-                 source_digest())
+    meta = (model / "meta.json").read_text(encoding="utf-8")
+    key = digest(meta, str(Path(data).resolve()), list(overrides), list(extra), source_digest())
     folder = parent / f"report-{key}"
     if not (folder / "report.json").is_file():
         run(anodiff_command(), "-q", "evaluate", "--model", str(model), "--data", str(data), "--out", str(folder),
             "--overwrite", *extra, *overrides)
-    return json.loads((folder / "report.json").read_text())
+    return json.loads((folder / "report.json").read_text(encoding="utf-8"))
 
 
 # ---------------------------------------------------------------- results files
@@ -119,7 +119,7 @@ def machine() -> str:
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     name = platform.processor() or platform.machine()
     try:
-        found = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        found = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text(encoding="utf-8"))
         name = found.group(1).strip() if found else name
     except OSError:
         pass

@@ -36,7 +36,7 @@ def main() -> None:
         out = args.out / f"{kind}-t0-{t0}-steps-{steps}"
         run(anodiff, "-q", "evaluate", "--model", str(args.model), "--data", str(args.data), "--out", str(out),
             "--overwrite", f"sampler.kind={kind}", f"anomaly.t0={t0}", f"sampler.num_inference_steps={steps}")
-        report = json.loads((out / "report.json").read_text())
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
         m = report["methods"]["anodiff"]
         lines.append(f"| {kind} | {t0} | {steps} | {report['network_evals_per_slice']} | {m['auroc_pooled']:.3f} | "
                      f"{m['auprc_pooled']:.3f} | {m['dice_calibrated_pooled']:.3f} | "

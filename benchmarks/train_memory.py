@@ -62,7 +62,7 @@ def peak_rss_mb(data: Path, store: str, out: Path, steps: int) -> tuple[float, f
                     "--config", str(TINY), "--out", str(model), "--device", "cpu", "--steps", str(steps),
                     "data.image_size=128", f"data.slice_store={store}", "train.val_fraction=0.1"],
                    check=True, stdout=subprocess.DEVNULL)
-    return int(report.read_text()) / 1024, time.perf_counter() - start
+    return int(report.read_text(encoding="utf-8")) / 1024, time.perf_counter() - start
 
 
 def main() -> None:
@@ -88,7 +88,7 @@ def main() -> None:
         lines.append(f"\n{store}: {(peaks[high] - peaks[low]) / (high - low):.1f} MB more peak RSS per added case")
     text = "\n".join(lines)
     print(text)
-    (args.out / "train_memory.md").write_text(text + "\n")
+    (args.out / "train_memory.md").write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def main() -> None:
             "--resume" if args.resume else "--overwrite", *steps)
         run(anodiff, "-q", "evaluate", "--model", str(fold / "model"), "--data", str(test), "--out",
             str(fold / "report"), "--overwrite")
-        report = json.loads((fold / "report" / "report.json").read_text())
+        report = json.loads((fold / "report" / "report.json").read_text(encoding="utf-8"))
         (case_row,) = report["cases"]
         seconds = {name: m.get("seconds_per_volume") for name, m in report["methods"].items()}
         rows.append({"case": held_out.name, **{k: v for k, v in case_row.items() if ": " in k},

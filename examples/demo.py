@@ -51,7 +51,7 @@ def main() -> None:
     run(anodiff, "evaluate", "--model", str(out / "model"), "--data", str(out / "test"), "--out",
         str(out / "report"), "--overwrite")
     seconds = time.perf_counter() - start
-    report = json.loads((out / "report" / "report.json").read_text())
+    report = json.loads((out / "report" / "report.json").read_text(encoding="utf-8"))
     print(f"\ndemo finished in {seconds:.0f} s ({report['seconds_per_volume']:.1f} s per test volume); "
           f"report: {out / 'report' / 'report.html'}")
     if args.results:
@@ -66,7 +66,7 @@ def write_demo_results(out: Path, seconds: float) -> None:
     report = out / "report"
     figures = RESULTS / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    glioma = next(c["case"] for c in json.loads((report / "report.json").read_text())["cases"]
+    glioma = next(c["case"] for c in json.loads((report / "report.json").read_text(encoding="utf-8"))["cases"]
                   if c.get("kind") == "glioma")
     shutil.copy(report / "overlays" / f"{glioma}.png", figures / "demo_glioma_three_views.png")
     shutil.copy(report / "figures" / "pr.png", figures / "demo_precision_recall.png")

@@ -59,7 +59,7 @@ def imported(path: Path, root: Path = ROOT) -> set[str]:
     """The anodiff modules ``path`` imports, anywhere in it (a function's deferred import counts too)."""
     modules = module_names(root)
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("anodiff"):
             for alias in node.names:  # `from anodiff.data import cases` imports the module anodiff.data.cases
                 full = f"{node.module}.{alias.name}"
@@ -121,9 +121,10 @@ def test_no_module_imports_itself_in_a_circle():
 
 def test_the_circle_finder_finds_one(tmp_path):
     (tmp_path / "anodiff").mkdir()
-    (tmp_path / "anodiff" / "a.py").write_text("from anodiff.b import x\n")
-    (tmp_path / "anodiff" / "b.py").write_text("def f():\n    from anodiff import a\n")  # deferred: still a circle
-    (tmp_path / "anodiff" / "c.py").write_text("from anodiff.a import y\n")
+    (tmp_path / "anodiff" / "a.py").write_text("from anodiff.b import x\n", encoding="utf-8")
+    # deferred: still a circle
+    (tmp_path / "anodiff" / "b.py").write_text("def f():\n    from anodiff import a\n", encoding="utf-8")
+    (tmp_path / "anodiff" / "c.py").write_text("from anodiff.a import y\n", encoding="utf-8")
     assert import_circles(tmp_path) == [["anodiff.a", "anodiff.b"]]
 
 
@@ -140,7 +141,7 @@ def test_no_method_is_named_outside_the_methods():
         name = path.relative_to(ROOT).as_posix()
         if name.startswith("anodiff/methods/") or name in OTHER_MEANINGS:
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and node.value in METHODS:
                 offenders.append(f"{name}:{node.lineno} {node.value!r}")
     assert not offenders
@@ -149,23 +150,24 @@ def test_no_method_is_named_outside_the_methods():
 def test_model_kind_is_compared_only_in_the_method_table():
     pattern = re.compile(r"""kind\s*(==|!=|\bin\b)|(==|!=)\s*["'](ddpm|ldm|segdiff)["']""")
     offenders = [f"{p.relative_to(ROOT)}:{i}" for p in sources() if p != ROOT / "anodiff/methods/__init__.py"
-                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
                  if "model.kind" in line and pattern.search(line)]
     assert not offenders
 
 
 def test_scheduler_classes_are_known_only_to_the_sampler_registry():
     pattern = re.compile(r"isinstance\([^)]*Scheduler")
-    offenders = [str(p.relative_to(ROOT)) for p in sources() if pattern.search(p.read_text())]
+    offenders = [str(p.relative_to(ROOT)) for p in sources() if pattern.search(p.read_text(encoding="utf-8"))]
     assert not offenders
-    uses = [p.relative_to(ROOT).as_posix() for p in sources() if re.search(r"\bDD[IP]MScheduler\b", p.read_text())]
+    uses = [p.relative_to(ROOT).as_posix() for p in sources()
+            if re.search(r"\bDD[IP]MScheduler\b", p.read_text(encoding="utf-8"))]
     assert uses == ["anodiff/diffusion/sampler.py"]
 
 
 def test_modules_and_functions_are_short():
     long_modules, long_functions = [], []
     for path in sources():
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         if len(text.splitlines()) > MAX_MODULE_LINES:
             long_modules.append(str(path.relative_to(ROOT)))
         for node in ast.walk(ast.parse(text)):
@@ -174,3 +176,33 @@ def test_modules_and_functions_are_short():
                 if node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES and name not in LONG_FUNCTIONS:
                     long_functions.append(f"{name} ({node.end_lineno - node.lineno + 1} lines)")
     assert not long_modules and not long_functions, (long_modules, long_functions)
+
+
+def text_io_without_encoding(tree: ast.AST) -> list[int]:
+    """Lines of ``path.read_text()``, ``.write_text()`` and text-mode ``.open()`` calls that name no encoding."""
+    lines = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("read_text", "write_text", "open")):
+            continue
+        if node.func.attr == "open":
+            if isinstance(node.func.value, ast.Name) and node.func.value.id in ("os", "gzip", "nib", "Image"):
+                continue  # not text I/O
+            mode = node.args[0].value if node.args and isinstance(node.args[0], ast.Constant) else "r"
+            if "b" in str(mode):
+                continue
+        positional = node.func.attr == "read_text" and node.args  # read_text("utf-8")
+        if not positional and not any(k.arg == "encoding" for k in node.keywords):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_every_text_file_is_read_and_written_as_utf8():
+    """Under an ASCII locale (a cluster's LANG=C without Python's UTF-8 mode) the locale's encoding would fail
+    on the card's or a report's first non-ASCII character."""
+    files = [p for folder in ("anodiff", "tests", "examples", "benchmarks")
+             for p in sorted((ROOT / folder).rglob("*.py"))]
+    offenders = {str(p.relative_to(ROOT)): found for p in files
+                 if (found := text_io_without_encoding(ast.parse(p.read_text(encoding="utf-8"))))}
+    assert not offenders
+    assert text_io_without_encoding(ast.parse("Path('a').write_text('é')\nPath('a').open('rb')")) == [1]

@@ -23,7 +23,7 @@ def bids_copy(cohort: Path, root: Path) -> Path:
     other case a subject of its own (sub-02, ...); each label a lesion mask of ``derivatives/manual``."""
     root.mkdir()
     (root / "dataset_description.json").write_text(json.dumps({"Name": "synthetic", "BIDSVersion": "1.10.0",
-                                                               "License": "CC0"}))
+                                                               "License": "CC0"}), encoding="utf-8")
     for index, case in enumerate(sorted(p for p in cohort.iterdir() if p.is_dir())):
         entities = ["sub-01", f"ses-{index + 1}"] if index < 2 else [f"sub-{index:02d}"]
         stem = "_".join(entities)
@@ -72,7 +72,8 @@ def test_a_bids_dataset_gives_a_case_per_session_with_its_lesion_mask_and_says_w
 def test_bids_trains_detects_into_derivatives_and_evaluates(tiny_cohort, tmp_path):
     root = bids_copy(tiny_cohort, tmp_path / "bids")
     model = trained_by_cli(root, tmp_path / "model", TINY)
-    assert "CC0 (from `dataset_description.json`)" in (model / "README.md").read_text()  # the card's licence
+    card = (model / "README.md").read_text(encoding="utf-8")
+    assert "CC0 (from `dataset_description.json`)" in card  # the card's licence
 
     derivatives = root / "derivatives" / "anodiff"
     result = CliRunner().invoke(app, ["detect", str(root), "--model", str(model), "--out", str(derivatives)])
@@ -80,14 +81,14 @@ def test_bids_trains_detects_into_derivatives_and_evaluates(tiny_cohort, tmp_pat
     anat = derivatives / "sub-01" / "ses-2" / "anat"
     for suffix in ("mask", "map"):
         assert (anat / f"sub-01_ses-2_desc-anomaly_{suffix}.nii.gz").is_file()
-        sidecar = json.loads((anat / f"sub-01_ses-2_desc-anomaly_{suffix}.json").read_text())
+        sidecar = json.loads((anat / f"sub-01_ses-2_desc-anomaly_{suffix}.json").read_text(encoding="utf-8"))
         assert "bids:raw:sub-01/ses-2/anat/sub-01_ses-2_FLAIR.nii.gz" in sidecar["Sources"]
         assert sidecar["Model"] == str(model.resolve()) and isinstance(sidecar["Threshold"], float)
-    description = json.loads((derivatives / "dataset_description.json").read_text())
+    description = json.loads((derivatives / "dataset_description.json").read_text(encoding="utf-8"))
     assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "anodiff"
     written = sorted(p.relative_to(derivatives).as_posix() for p in derivatives.rglob("*") if p.is_file())
     assert len(written) == 2 + 6 * 4  # description, .bidsignore; a mask and a map, each with a sidecar, per case
-    ignored = (derivatives / ".bidsignore").read_text().split()
+    ignored = (derivatives / ".bidsignore").read_text(encoding="utf-8").split()
     named = [p for p in written if not any(fnmatch(Path(p).name, pattern) for pattern in ignored + [".*"])]
     assert len(named) == 1 + 6 * 2  # the masks and their sidecars are BIDS files; the maps are declared ignored
     unmatched = [p for p in named if not any(re.match(rule["regex"], p) for rule in derivative_rules())]
@@ -99,7 +100,7 @@ def test_bids_trains_detects_into_derivatives_and_evaluates(tiny_cohort, tmp_pat
     result = CliRunner().invoke(app, ["evaluate", "--model", str(model), "--data", str(root), "--out",
                                       str(report_dir)])
     assert result.exit_code == 0, result.output
-    figures = json.loads((report_dir / "report.json").read_text())
+    figures = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
     assert {row["case"] for row in figures["cases"]} >= {"sub-01_ses-1", "sub-01_ses-2"}
 
 
@@ -114,10 +115,10 @@ def test_prepare_writes_a_bids_input_as_a_derivatives_dataset_that_reads_back(ti
                  "sub-01_ses-2_desc-brain_mask", "sub-01_ses-2_desc-lesion_mask"):
         assert (anat / f"{name}.nii.gz").is_file(), name
     assert (anat / "prepare" / "prepare.json").is_file()
-    description = json.loads((out / "dataset_description.json").read_text())
+    description = json.loads((out / "dataset_description.json").read_text(encoding="utf-8"))
     assert description["DatasetType"] == "derivative" and "prepared" in description["GeneratedBy"][0]["Description"]
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    ignored = (out / ".bidsignore").read_text().split()
+    ignored = (out / ".bidsignore").read_text(encoding="utf-8").split()
     named = [p for p in written if not any(fnmatch(part, pattern.rstrip("/")) for part in Path(p).parts
                                            for pattern in ignored + [".*"])]
     assert len(named) == 1 + 6 * 6  # the description; four scans, a brain and a lesion mask per case

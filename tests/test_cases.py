@@ -48,7 +48,7 @@ def test_ixi_layout(tmp_path):
 
 def test_any_folder_of_images(tmp_path):
     _write(tmp_path, ["scanA.nii.gz", "sub/scanB.nii", "sub/scanC.nii.gz"])
-    (tmp_path / "notes.csv").write_text("a,b\n")
+    (tmp_path / "notes.csv").write_text("a,b\n", encoding="utf-8")
     found = discover(tmp_path, default_modality="flair")
     assert [c.id for c in found.cases] == ["scanA", "sub_scanB", "sub_scanC"]
     assert all(c.modalities == ("flair",) for c in found.cases)
@@ -69,7 +69,7 @@ def test_datalist_json(tmp_path):
         "training": [{"flair": "imgs/a_flair.nii.gz", "t1": "imgs/a_t1.nii.gz", "label": "labels/a.nii.gz"}],
         "test": [{"image": "imgs/b.nii.gz", "id": "bee"}, {"image": "../escape.nii.gz"}],
     }
-    (tmp_path / "list.json").write_text(json.dumps(datalist))
+    (tmp_path / "list.json").write_text(json.dumps(datalist), encoding="utf-8")
     found = discover(tmp_path / "list.json")
     assert [c.id for c in found.cases] == ["a_flair", "bee"]
     assert found.cases[0].modalities == ("flair", "t1") and found.cases[0].label.name == "a.nii.gz"

@@ -12,12 +12,12 @@ from anodiff.methods import load_recipe
 
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("data:\n  image_size: 64\n  modalities: [flair, t1]\n  cache_dir: cache\n")
+    path.write_text("data:\n  image_size: 64\n  modalities: [flair, t1]\n  cache_dir: cache\n", encoding="utf-8")
     cfg = load_config(path, ["data.percentiles=[1, 99]", "data.crop_margin=5"])
     assert cfg.data.image_size == 64 and cfg.data.modalities == ("flair", "t1")
     assert cfg.data.percentiles == (1.0, 99.0) and cfg.data.crop_margin == 5
     assert cfg.data.cache_dir == tmp_path / "cache"  # relative to the YAML file
-    (tmp_path / "resolved.yaml").write_text(config_to_yaml(cfg))
+    (tmp_path / "resolved.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
     assert load_config(tmp_path / "resolved.yaml") == cfg
 
 
@@ -36,7 +36,7 @@ def test_bad_values_are_named(override, match):
 def test_unsafe_yaml_is_not_executed(tmp_path):
     path = tmp_path / "evil.yaml"
     marker = tmp_path / "ran"
-    path.write_text(f"data: !!python/object/apply:os.system ['touch {marker}']\n")
+    path.write_text(f"data: !!python/object/apply:os.system ['touch {marker}']\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
     assert not Path(marker).exists()
@@ -99,12 +99,12 @@ def test_a_model_folder_saved_before_the_sampler_section_still_loads(tiny_model,
 
     old = tmp_path / "old"
     shutil.copytree(tiny_model, old)
-    raw = yaml.safe_load((old / "config.yaml").read_text())
+    raw = yaml.safe_load((old / "config.yaml").read_text(encoding="utf-8"))
     sampler = raw.pop("sampler")
     raw["anomaly"] |= {"num_inference_steps": sampler["num_inference_steps"], "eta": 0.5, "sampler": "ddim"}
     raw["segmentation"] |= {"num_inference_steps": 99, "eta": 0.0}  # another method's: ignored
     raw["data"]["healthy_only"] = True
-    (old / "config.yaml").write_text(yaml.safe_dump(raw))
+    (old / "config.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     as_format_one(old)
     config = load_model(old).config
     assert config.sampler.num_inference_steps == sampler["num_inference_steps"] and config.sampler.eta == 0.5
@@ -120,11 +120,11 @@ def test_a_model_folder_saved_before_the_z_scored_map_keeps_its_map(tiny_model, 
 
     old = tmp_path / "old"
     shutil.copytree(tiny_model, old)
-    raw = yaml.safe_load((old / "config.yaml").read_text())
+    raw = yaml.safe_load((old / "config.yaml").read_text(encoding="utf-8"))
     for section, key in (("anomaly", "score"), ("anomaly", "combine"), ("anomaly", "centre"), ("anomaly", "scale"),
                          ("data", "normalisation")):
         del raw[section][key]
-    (old / "config.yaml").write_text(yaml.safe_dump(raw))
+    (old / "config.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     as_format_one(old)
     config = load_model(old).config
     assert (config.anomaly.score, config.anomaly.combine, config.anomaly.centre, config.anomaly.scale,
@@ -136,9 +136,9 @@ def as_format_one(folder):
     """Make a model folder look written before meta.json recorded its format."""
     import json
 
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     del meta["format_version"]
-    (folder / "meta.json").write_text(json.dumps(meta))
+    (folder / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
 
 
 def test_a_model_folder_of_a_newer_format_is_refused(tiny_model, tmp_path):
@@ -151,8 +151,8 @@ def test_a_model_folder_of_a_newer_format_is_refused(tiny_model, tmp_path):
 
     newer = tmp_path / "newer"
     shutil.copytree(tiny_model, newer)
-    meta = json.loads((newer / "meta.json").read_text())
-    (newer / "meta.json").write_text(json.dumps({**meta, "format_version": FORMAT_VERSION + 1}))
+    meta = json.loads((newer / "meta.json").read_text(encoding="utf-8"))
+    (newer / "meta.json").write_text(json.dumps({**meta, "format_version": FORMAT_VERSION + 1}), encoding="utf-8")
     with pytest.raises(CheckpointError, match="written by a newer anodiff"):
         load_model(newer)
     assert load_model(tiny_model).meta["format_version"] == FORMAT_VERSION

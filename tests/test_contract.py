@@ -32,7 +32,7 @@ def test_a_method_trains_detects_evaluates_and_reports_through_the_cli(kind, tin
     folder = request.getfixturevalue(fixture)  # `anodiff train` of that recipe
     model = load_model(folder)
     assert model.method is METHODS[kind] and model.meta["kind"] == kind
-    card = (folder / "README.md").read_text()  # the model card, written at training
+    card = (folder / "README.md").read_text(encoding="utf-8")  # the model card, written at training
     assert card.startswith(f"# anodiff model: {METHODS[kind].title}")
     assert model.meta["training_data"]["train_cases"][0] in card and "MNI152" in card  # the cases, the licence
     assert card.count("## ") >= 5 and "## Limits" in card
@@ -55,7 +55,7 @@ def test_a_method_trains_detects_evaluates_and_reports_through_the_cli(kind, tin
     report = tmp_path / "report"
     result = CliRunner().invoke(app, ["evaluate", "--model", str(folder), "--data", str(data), "--out", str(report)])
     assert result.exit_code == 0, result.output
-    assert json.loads((report / "report.json").read_text())["kind"] == kind
+    assert json.loads((report / "report.json").read_text(encoding="utf-8"))["kind"] == kind
     summary = (report / "summary.md").read_text(encoding="utf-8")
 
     for name in ("summary.md", "report.html", "per_case.csv"):

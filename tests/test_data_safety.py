@@ -51,7 +51,8 @@ def test_a_datalist_id_that_is_not_a_plain_name_is_refused_naming_the_entry(bad_
     image, _ = brain_phantom()
     save_nifti(tmp_path / "a.nii.gz", image)
     datalist = tmp_path / "list.json"
-    datalist.write_text(json.dumps({"training": [{"image": "a.nii.gz"}, {"image": "a.nii.gz", "id": bad_id}]}))
+    entries = [{"image": "a.nii.gz"}, {"image": "a.nii.gz", "id": bad_id}]
+    datalist.write_text(json.dumps({"training": entries}), encoding="utf-8")
     with pytest.raises(DataError, match="entry 1") as err:
         discover(datalist)
     assert repr(bad_id) in str(err.value) and "\n" not in str(err.value)
@@ -67,7 +68,7 @@ def test_detect_over_a_datalist_never_writes_outside_its_output_folder(tiny_mode
     for name, path in entry.items():
         shutil.copy(path, datalist.parent / Path(path).name)
         entry[name] = Path(path).name
-    datalist.write_text(json.dumps({"test": [{**entry, "id": "../escaped"}]}))
+    datalist.write_text(json.dumps({"test": [{**entry, "id": "../escaped"}]}), encoding="utf-8")
     out = tmp_path / "out"
     result = invoke("detect", datalist, "--model", tiny_model, "--out", out)
     assert result.exit_code == 2 and "entry 0" in one_line_error(result)
@@ -78,12 +79,12 @@ def test_prepare_with_an_id_of_dot_dot_removes_nothing(tmp_path):
     image, _ = brain_phantom()
     data = tmp_path / "data"
     save_nifti(data / "a_t1.nii.gz", image)
-    (data / "list.json").write_text(json.dumps({"training": [{"t1": "a_t1.nii.gz", "id": ".."}]}))
+    (data / "list.json").write_text(json.dumps({"training": [{"t1": "a_t1.nii.gz", "id": ".."}]}), encoding="utf-8")
     keep = tmp_path / "keep.txt"
-    keep.write_text("a user's file beside the output folder")
+    keep.write_text("a user's file beside the output folder", encoding="utf-8")
     result = invoke("prepare", data / "list.json", "--out", tmp_path / "out" / "sub", "--overwrite")
     assert result.exit_code == 2 and "'..'" in one_line_error(result)
-    assert keep.read_text().startswith("a user's file") and (data / "a_t1.nii.gz").is_file()
+    assert keep.read_text(encoding="utf-8").startswith("a user's file") and (data / "a_t1.nii.gz").is_file()
 
 
 # ---------------------------------------------------------------- anodiff removes only what it made
@@ -91,7 +92,7 @@ def test_prepare_with_an_id_of_dot_dot_removes_nothing(tmp_path):
 
 def users_folder(path: Path) -> Path:
     path.mkdir(parents=True)
-    (path / "thesis.tex").write_text("years of work")
+    (path / "thesis.tex").write_text("years of work", encoding="utf-8")
     return path
 
 
@@ -99,24 +100,24 @@ def test_synth_overwrite_refuses_a_folder_anodiff_did_not_make(tmp_path):
     folder = users_folder(tmp_path / "mine")
     result = invoke("synth", "--out", folder, "--cases", "1", "--spacing", "6", "--overwrite")
     assert result.exit_code == 2 and "not a cohort folder anodiff made" in one_line_error(result)
-    assert (folder / "thesis.tex").read_text() == "years of work"
+    assert (folder / "thesis.tex").read_text(encoding="utf-8") == "years of work"
 
 
 def test_synth_overwrite_replaces_its_own_cohort(tmp_path):
     folder = tmp_path / "cohort"
     assert invoke("synth", "--out", folder, "--cases", "1", "--spacing", "6").exit_code == 0
     assert (folder / MARKER).is_file()
-    (folder / "stale.txt").write_text("from the first cohort")
+    (folder / "stale.txt").write_text("from the first cohort", encoding="utf-8")
     assert invoke("synth", "--out", folder, "--cases", "1", "--spacing", "6", "--overwrite").exit_code == 0
     assert not (folder / "stale.txt").exists() and (folder / "cohort.json").is_file()
 
 
 def test_train_overwrite_refuses_a_folder_that_is_not_a_model(tiny_cohort, tmp_path):
     folder = users_folder(tmp_path / "mine")
-    (folder / "config.yaml").write_text("a user's own config\n")
+    (folder / "config.yaml").write_text("a user's own config\n", encoding="utf-8")
     result = invoke("train", "--data", tiny_cohort, "--config", TINY, "--out", folder, "--overwrite")
     assert result.exit_code == 2 and "not a model folder anodiff made" in one_line_error(result)
-    assert (folder / "config.yaml").read_text() == "a user's own config\n"
+    assert (folder / "config.yaml").read_text(encoding="utf-8") == "a user's own config\n"
     assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "thesis.tex"]
 
 
@@ -126,7 +127,7 @@ def test_prepare_overwrite_refuses_a_case_folder_anodiff_did_not_make(tiny_cohor
     users_folder(out / case.name)
     result = invoke("prepare", case, "--out", out, "--overwrite", "--no-bias")
     assert result.exit_code == 2 and "not a prepared case folder anodiff made" in result.output
-    assert (out / case.name / "thesis.tex").read_text() == "years of work"
+    assert (out / case.name / "thesis.tex").read_text(encoding="utf-8") == "years of work"
 
 
 # ---------------------------------------------------------------- evaluate starts clean

@@ -19,7 +19,8 @@ from tests.conftest import TINY
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "anodiff.cli", "train", *args, "--config", TINY, "--device", "cpu"]
-    result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace",
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -33,13 +34,13 @@ def two_process_model(tiny_cohort, tmp_path_factory):
 
 def test_two_processes_train_on_disjoint_cases_and_rank_zero_writes(two_process_model, tiny_model):
     out, result = two_process_model
-    meta = json.loads((out / "meta.json").read_text())
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     first, second = meta["training_data"]["cases_per_process"]
     assert first and second and not set(first) & set(second)
     assert sorted(first + second) == sorted(meta["training_data"]["train_cases"])
     assert meta["training"]["processes"] == 2
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["checkpoint.safetensors", "model.safetensors"]
-    steps = [int(line.split(",")[0]) for line in (out / "log.csv").read_text().splitlines()[1:]]
+    steps = [int(line.split(",")[0]) for line in (out / "log.csv").read_text(encoding="utf-8").splitlines()[1:]]
     assert steps == [5, 10, 15, 20]  # one log, written once
     assert result.stdout.count("model written to") == 1
 
@@ -50,7 +51,8 @@ def test_two_process_model_detects_as_well_as_one_process(two_process_model, tin
         result = CliRunner().invoke(app, ["evaluate", "--model", str(model), "--data", str(tiny_cohort),
                                           "--out", str(tmp_path / name)])
         assert result.exit_code == 0, result.output
-        aurocs[name] = json.loads((tmp_path / name / "report.json").read_text())["methods"]["anodiff"]["auroc_pooled"]
+        report = json.loads((tmp_path / name / "report.json").read_text(encoding="utf-8"))
+        aurocs[name] = report["methods"]["anodiff"]["auroc_pooled"]
     assert aurocs["two"] >= aurocs["one"] - 0.03, aurocs
 
 
@@ -74,7 +76,8 @@ def test_two_process_detect_writes_what_one_process_writes(tiny_model, tiny_coho
                    "-m", "anodiff.cli", "detect", str(tiny_cohort), "--model", str(tiny_model), "--out", str(out),
                    "--device", "cpu"]
         # One thread per process in both runs, as torchrun gives each of several processes.
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+        result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8",
+                                errors="replace", timeout=600,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert result.returncode == 0, result.stderr[-3000:]
         return result

@@ -36,7 +36,7 @@ def invoke(*args):
 def killed(point: str, n: int, *args) -> None:
     """Run ``anodiff ARGS`` until it SIGKILLs itself at ``point`` (tests/killed_command.py)."""
     result = subprocess.run([sys.executable, str(KILLER), point, str(n), *map(str, args)], capture_output=True,
-                            text=True, timeout=600)
+                            text=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
 
 
@@ -147,7 +147,7 @@ def test_killed_batch_detect_resumes_to_the_uninterrupted_result(point, n, tiny_
 
 def figures_of(report: Path) -> dict:
     """report.json less its timings."""
-    figures = json.loads((report / "report.json").read_text())
+    figures = json.loads((report / "report.json").read_text(encoding="utf-8"))
     return {k: v for k, v in figures.items() if k not in ("seconds_per_volume", "cases", "model", "data")}
 
 

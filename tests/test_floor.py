@@ -46,7 +46,7 @@ def test_floor_figures_pool_the_cases():
 
 
 def test_a_trained_model_keeps_its_floor(tiny_model):
-    meta = json.loads((tiny_model / "meta.json").read_text())
+    meta = json.loads((tiny_model / "meta.json").read_text(encoding="utf-8"))
     floor = meta["healthy_floor"]["zones"]
     assert set(floor) == set(ZONES) and floor["overall"]["voxels"] == meta["calibration"]["voxels"]
     assert 0 < floor["overall"]["score_p99"] and -1 <= floor["overall"]["ssim_mean"] <= 1

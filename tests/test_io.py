@@ -54,7 +54,7 @@ def test_write_refuses_to_overwrite_and_leaves_no_temporary(tmp_path):
 def test_atomic_writes_keep_normal_file_permissions(tmp_path, tiny_model):
     """A temporary file made by mkstemp is 0600; renamed into place it would hide outputs from the group."""
     plain = tmp_path / "plain.txt"
-    plain.write_text("x")
+    plain.write_text("x", encoding="utf-8")
     normal = plain.stat().st_mode & 0o777
     image, _ = brain_phantom()
     source = read_volume(save_nifti(tmp_path / "in.nii.gz", image))

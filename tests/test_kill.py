@@ -59,7 +59,7 @@ def test_killed_training_resumes_to_the_uninterrupted_model(point, n, saved_step
     out = tmp_path / "run"
     args = ["train", "--data", str(tiny_cohort), "--config", TINY, "--out", str(out), "--device", "cpu"]
     killed = subprocess.run([sys.executable, str(KILLER), point, str(n), *args], capture_output=True, text=True,
-                            timeout=600)
+                            encoding="utf-8", errors="replace", timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
 
     if saved_step is None:
@@ -71,11 +71,11 @@ def test_killed_training_resumes_to_the_uninterrupted_model(point, n, saved_step
 
     resumed = CliRunner().invoke(app, [*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output
-    steps = [int(line.split(",")[0]) for line in (out / "log.csv").read_text().splitlines()[1:]]
+    steps = [int(line.split(",")[0]) for line in (out / "log.csv").read_text(encoding="utf-8").splitlines()[1:]]
     assert steps == [5, 10, 15, 20]
     assert not list(out.glob(".*.tmp"))
     reference, weights = load_file(str(tiny_model / "model.safetensors")), load_file(str(out / "model.safetensors"))
     for key in reference:
         np.testing.assert_allclose(weights[key].numpy(), reference[key].numpy(), atol=1e-6)
-    thresholds = [json.loads((run / "meta.json").read_text())["threshold"] for run in (tiny_model, out)]
+    thresholds = [json.loads((run / "meta.json").read_text(encoding="utf-8"))["threshold"] for run in (tiny_model, out)]
     assert thresholds[0] == pytest.approx(thresholds[1], rel=1e-5)

@@ -104,7 +104,7 @@ def test_latent_space_shapes_and_determinism(kind):
 def test_ldm_model_folder_holds_both_stages(ldm_model):
     names = {p.name for p in ldm_model.iterdir()}
     assert {"model.safetensors", "autoencoder.safetensors", "meta.json", "config.yaml"} <= names
-    meta = json.loads((ldm_model / "meta.json").read_text())
+    meta = json.loads((ldm_model / "meta.json").read_text(encoding="utf-8"))
     assert meta["kind"] == "ldm" and meta["latent_scale_factor"] > 0
     assert 0 < meta["autoencoder"]["heldout_l1_brain"] < 1
     assert meta["autoencoder"]["training"]["steps"] == 20 and meta["autoencoder"]["training"]["samples_per_s"] > 0
@@ -124,7 +124,7 @@ def test_both_stages_resume_to_the_uninterrupted_model(ldm_model, tiny_cohort, t
         whole, parts = load_file(str(ldm_model / name)), load_file(str(split / name))
         for key in whole:
             np.testing.assert_allclose(parts[key].numpy(), whole[key].numpy(), atol=1e-5, err_msg=f"{name} {key}")
-    meta = [json.loads((run / "meta.json").read_text()) for run in (ldm_model, split)]
+    meta = [json.loads((run / "meta.json").read_text(encoding="utf-8")) for run in (ldm_model, split)]
     assert meta[0]["latent_scale_factor"] == pytest.approx(meta[1]["latent_scale_factor"], rel=1e-5)
 
 

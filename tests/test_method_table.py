@@ -55,7 +55,7 @@ def test_a_new_method_runs_through_the_cli(tiny_cohort, tmp_path, monkeypatch):
     result = runner.invoke(app, ["train", "--data", str(tiny_cohort), "--config", TINY, "--out", str(model),
                                  "model.kind=brightest"])
     assert result.exit_code == 0, result.output
-    assert json.loads((model / "meta.json").read_text())["kind"] == "brightest"
+    assert json.loads((model / "meta.json").read_text(encoding="utf-8"))["kind"] == "brightest"
     out = tmp_path / "masks"
     result = runner.invoke(app, ["detect", str(tiny_cohort), "--model", str(model), "--out", str(out)])
     assert result.exit_code == 0, result.output

@@ -74,8 +74,8 @@ def test_prepared_cases_read_as_brats_and_keep_their_transforms(prepared):
     folder = prepared / case.id
     for name in ("grid_to_t1.tfm", "t2_to_t1.tfm", "flair_to_t1.tfm", "qc.png", "brain_on_raw_t1.nii.gz"):
         assert (folder / "prepare" / name).is_file(), name
-    assert "Transform" in (folder / "prepare" / "grid_to_t1.tfm").read_text()
-    assert json.loads((prepared / "prepare.json").read_text())["options"]["spacing_mm"] == SPACING
+    assert "Transform" in (folder / "prepare" / "grid_to_t1.tfm").read_text(encoding="utf-8")
+    assert json.loads((prepared / "prepare.json").read_text(encoding="utf-8"))["options"]["spacing_mm"] == SPACING
 
 
 def test_a_mask_on_the_prepared_grid_returns_onto_the_raw_grid(raw_cohort, prepared):
@@ -134,7 +134,7 @@ def prepared_model(prepared, tmp_path_factory) -> Path:
 
 
 def test_a_model_trained_on_prepared_scans_detects_on_a_raw_scan(raw_cohort, prepared_model, tmp_path):
-    meta = json.loads((prepared_model / "meta.json").read_text())
+    meta = json.loads((prepared_model / "meta.json").read_text(encoding="utf-8"))
     assert meta["preparation"]["options"]["spacing_mm"] == SPACING
     case = discover(raw_cohort).cases[0]
     mask, anomaly_map = tmp_path / "mask.nii.gz", tmp_path / "map.nii.gz"
@@ -159,5 +159,5 @@ def test_evaluate_prepares_raw_labelled_cases_as_the_model_was_trained(raw_cohor
                                       "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert (out / "prepared" / glioma.id / f"{glioma.id}_seg.nii.gz").is_file()
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["num_cases"] == 1

@@ -45,7 +45,7 @@ def trained_and_evaluated(config: str, data: Path, test: Path, out: Path) -> dic
                  ["evaluate", "--model", out / "model", "--data", test, "--out", out / "report", "--device", "cpu"]):
         result = CliRunner().invoke(app, [str(a) for a in args])
         assert result.exit_code == 0, result.output
-    return json.loads((out / "report" / "report.json").read_text())
+    return json.loads((out / "report" / "report.json").read_text(encoding="utf-8"))
 
 
 def test_anodiff_outranks_the_flair_threshold(cohorts, tmp_path):

@@ -107,7 +107,7 @@ def test_report_command_renders_from_report_json_alone(report, tmp_path):
                                                                   "histograms.png"}
     assert "| anodiff |" in (tmp_path / "summary.md").read_text(encoding="utf-8")
     assert (tmp_path / "report.html").read_text(encoding="utf-8").count("<img src='data:image/png;base64,") == 4
-    assert (tmp_path / "per_case.csv").read_text().count("case_") == 3
+    assert (tmp_path / "per_case.csv").read_text(encoding="utf-8").count("case_") == 3
 
 
 def test_report_command_redraws_the_case_figures_from_their_views(report, tmp_path):

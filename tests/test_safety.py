@@ -86,10 +86,10 @@ def test_yaml_with_a_python_tag_is_not_constructed(tiny_model, tmp_path, planted
     marker, _ = planted
     tag = f"!!python/object/apply:pathlib.Path.touch [{str(marker)!r}]\n"
     folder = model_copy(tiny_model, tmp_path)
-    (folder / "config.yaml").write_text(f"model: {tag}")
+    (folder / "config.yaml").write_text(f"model: {tag}", encoding="utf-8")
     refuses(lambda: load_model(folder), marker)
     recipe = tmp_path / "evil.yaml"
-    recipe.write_text(f"train: {tag}")
+    recipe.write_text(f"train: {tag}", encoding="utf-8")
     refuses(lambda: load_config(recipe), marker)
     refuses(lambda: load_config(None, [f"train.lr={tag.strip()}"]), marker)
 

@@ -167,7 +167,7 @@ def test_calibration_fits_the_healthy_statistics_a_zscore_model_detects_with(tin
     from anodiff.methods import load_model, method_for
     from anodiff.methods.anomaly.method import residual_stats
 
-    meta = json.loads((tiny_model / "meta.json").read_text())
+    meta = json.loads((tiny_model / "meta.json").read_text(encoding="utf-8"))
     stats = ResidualStats.from_dict(meta["residual_stats"])
     assert stats.std.shape[0] == len(meta["modalities"]) and (stats.std > 0).all()
     model = load_model(tiny_model)

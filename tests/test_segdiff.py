@@ -115,7 +115,7 @@ def test_border_zones_split_the_brain():
 
 
 def test_train_detect_evaluate(segdiff_model, tiny_cohort, tmp_path):
-    meta = json.loads((segdiff_model / "meta.json").read_text())
+    meta = json.loads((segdiff_model / "meta.json").read_text(encoding="utf-8"))
     assert meta["kind"] == "segdiff" and meta["training_data"]["num_lesion_slices"] > 0
     assert (segdiff_model / "reference.safetensors").is_file()
     case = tiny_cohort / "synth_000_0000"
@@ -136,7 +136,7 @@ def test_train_detect_evaluate(segdiff_model, tiny_cohort, tmp_path):
     result = CliRunner().invoke(app, ["evaluate", "--model", str(segdiff_model), "--data", str(tiny_cohort),
                                       "--out", str(report_dir), "--samples", "3"])
     assert result.exit_code == 0, result.output
-    report = json.loads((report_dir / "report.json").read_text())
+    report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
     assert list(report["methods"]) == ["SegDiff (3 samples)", "SegDiff (1 sample)", "UNet reference"]
     whole = report["methods"]["SegDiff (3 samples)"]["whole"]
     assert 0 <= whole["dice_pooled"] <= 1 and 0 <= whole["auroc_pooled"] <= 1
@@ -153,7 +153,7 @@ def test_evaluate_draws_masks_with_the_sampler_settings_it_is_given(segdiff_mode
                                       "--out", str(tmp_path / "r"), "--samples", "1", "sampler.kind=ddim_t0",
                                       "sampler.num_inference_steps=1"])
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    report = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
     assert report["network_evals_per_slice_and_sample"] == 1 and report["sampler"]["kind"] == "ddim_t0"
     refused = CliRunner().invoke(app, ["evaluate", "--model", str(segdiff_model), "--data", str(tiny_cohort),
                                        "--out", str(tmp_path / "r2"), "anomaly.t0=50"])

@@ -96,7 +96,7 @@ def test_summary_ranks_what_stands_out_and_sees_what_does_not():
 
 
 def test_a_trained_model_carries_its_sensitivity_check_into_every_report(tiny_model, tiny_cohort, tmp_path):
-    check = json.loads((tiny_model / "meta.json").read_text())["sensitivity"]
+    check = json.loads((tiny_model / "meta.json").read_text(encoding="utf-8"))["sensitivity"]
     assert set(check["kinds"]) == set(KINDS) and check["all"]["count"] >= 6
     assert 0 <= check["all"]["auroc"] <= 1 and check["healthy_voxels"] > 500
     result = CliRunner().invoke(app, ["evaluate", "--model", str(tiny_model), "--data", str(tiny_cohort), "--out",
@@ -215,11 +215,11 @@ def test_a_t2_model_stands_beside_the_flair_and_the_t2_thresholds(tiny_cohort, t
     trained = CliRunner().invoke(app, ["train", "--data", str(tiny_cohort), "--config", TINY, "--out", str(model),
                                        "--device", "cpu", "data.modalities=[t2]", "train.num_steps=5"])
     assert trained.exit_code == 0, trained.output
-    assert set(json.loads((model / "meta.json").read_text())["baseline_thresholds"]) == {"flair", "t2"}
+    assert set(json.loads((model / "meta.json").read_text(encoding="utf-8"))["baseline_thresholds"]) == {"flair", "t2"}
     result = CliRunner().invoke(app, ["evaluate", "--model", str(model), "--data", str(tiny_cohort), "--out",
                                       str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
-    methods = json.loads((tmp_path / "r" / "report.json").read_text())["methods"]
+    methods = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))["methods"]
     assert set(methods) == {"anodiff", "flair threshold", "t2 threshold"}
 
 

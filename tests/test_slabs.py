@@ -71,7 +71,7 @@ def test_training_with_slabs_trains_on_every_case_and_calibrates_on_their_slabs(
     result = CliRunner().invoke(app, ["train", "--data", str(tiny_cohort), "--config", TINY, "--out", str(out),
                                       "--device", "cpu", "train.holdout=slabs"])
     assert result.exit_code == 0, result.output
-    meta = json.loads((out / "meta.json").read_text())
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     cases = [c.id for c in discover(tiny_cohort).cases]
     used = meta["training_data"]
     assert used["train_cases"] == cases and used["calibration_cases"] == cases

@@ -69,7 +69,7 @@ def test_written_cohort_is_brats_layout_with_metadata(tiny_cohort):
     found = discover(tiny_cohort)
     assert len(found.cases) == 6 and found.layouts == ("brats2021",) and not found.skipped
     assert all(c.modalities == ("flair", "t1", "t1ce", "t2") and c.label for c in found.cases)
-    meta = json.loads((tiny_cohort / "cohort.json").read_text())
+    meta = json.loads((tiny_cohort / "cohort.json").read_text(encoding="utf-8"))
     kinds = [c["kind"] for c in meta["cases"]]
     assert kinds.count("healthy") == 2 and set(kinds) - {"healthy"} == set(LESION_KINDS)
     assert all((c["lesion_voxels"] > 0) == (c["kind"] != "healthy") for c in meta["cases"])

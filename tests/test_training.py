@@ -35,7 +35,7 @@ CONFIG = TrainConfig(num_steps=10, batch_size=1, lr=0.1, lr_schedule="cosine", e
 
 def test_cosine_schedule_decays_the_rate_to_zero_and_resumes_where_it_stopped(tmp_path):
     uninterrupted, _ = fit(Line(), target, CONFIG, tmp_path / "whole", device=torch.device("cpu"))
-    with (tmp_path / "whole" / "log.csv").open() as handle:
+    with (tmp_path / "whole" / "log.csv").open(encoding="utf-8") as handle:
         rates = [float(row["lr"]) for row in csv.DictReader(handle)]
     assert rates[0] == pytest.approx(0.1) and rates[-1] < 0.01
     assert all(later < earlier for earlier, later in zip(rates, rates[1:]))

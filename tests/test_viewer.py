@@ -47,7 +47,8 @@ def test_every_case_gets_its_volumes_inline_and_nothing_is_fetched(report):
     found = layers(page)
     assert len(found) == 2 and "niivue" in page and "anodiffOpen" in page
     assert not re.search(r"(src|href)=['\"]?(https?:|//)", page)  # opens offline
-    threshold = json.loads((report / "report.json").read_text())["methods"]["anodiff"]["threshold_calibrated"]
+    methods = json.loads((report / "report.json").read_text(encoding="utf-8"))["methods"]
+    threshold = methods["anodiff"]["threshold_calibrated"]
     assert found[0][1]["threshold"] == pytest.approx(min(threshold, found[0][1]["top"]))  # starts as the mask
     names = [layer["label"] for layer in found[0]]
     assert names == ["scan", "anomaly map", "truth", "anodiff", "flair threshold"]

@@ -27,7 +27,7 @@ def invoke(*args: str):
 def test_model_folder_contract(tiny_model):
     assert {"config.yaml", "model.safetensors", "meta.json", "checkpoint.safetensors", "log.csv"} <= {
         p.name for p in tiny_model.iterdir()}
-    meta = json.loads((tiny_model / "meta.json").read_text())
+    meta = json.loads((tiny_model / "meta.json").read_text(encoding="utf-8"))
     assert meta["modalities"] == ["flair", "t1", "t1ce", "t2"]
     assert meta["threshold"] > 0 and meta["format_version"] == FORMAT_VERSION
     assert list(meta["baseline_thresholds"]) == ["flair"] and meta["baseline_thresholds"]["flair"] > 0
@@ -44,7 +44,7 @@ def test_training_writes_tensorboard_scalars_and_images(tiny_model):
 
     events = EventAccumulator(str(tiny_model / "tensorboard"))
     events.Reload()
-    logged = [float(row.split(",")[1]) for row in (tiny_model / "log.csv").read_text().splitlines()[1:]]
+    logged = [float(row.split(",")[1]) for row in (tiny_model / "log.csv").read_text(encoding="utf-8").splitlines()[1:]]
     assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(logged, rel=1e-5)
     assert "samples/reconstruction" in events.Tags()["images"]
 
@@ -60,9 +60,9 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tiny_cohort, tmp_path
     assert invoke("train", "--data", tiny_cohort, "--config", TINY, "--out", split, "--steps", "10").exit_code == 0
     result = invoke("train", "--data", tiny_cohort, "--config", TINY, "--out", split, "--steps", "20", "--resume")
     assert result.exit_code == 0, result.output
-    steps = [int(line.split(",")[0]) for line in (split / "log.csv").read_text().splitlines()[1:]]
+    steps = [int(line.split(",")[0]) for line in (split / "log.csv").read_text(encoding="utf-8").splitlines()[1:]]
     assert steps == [5, 10, 15, 20]  # continued from step 10, not from 0
-    thresholds = [json.loads((run / "meta.json").read_text())["threshold"] for run in (whole, split)]
+    thresholds = [json.loads((run / "meta.json").read_text(encoding="utf-8"))["threshold"] for run in (whole, split)]
     assert thresholds[0] == thresholds[1]  # calibration is seeded too
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(split / "model.safetensors"))
     for key in a:
@@ -112,7 +112,7 @@ def test_detect_refuses_missing_modalities(tiny_model, tiny_cohort, tmp_path):
 def test_evaluate_writes_the_report(tiny_model, tiny_cohort, tmp_path):
     result = invoke("evaluate", "--model", tiny_model, "--data", tiny_cohort, "--out", tmp_path / "report")
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    report = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
     assert set(report["methods"]) == {"anodiff", "flair threshold"}
     for method in report["methods"].values():
         assert 0 <= method["auroc_pooled"] <= 1
@@ -133,11 +133,11 @@ def test_model_load_errors_are_one_line(tmp_path):
 
 
 def test_evaluate_with_new_anomaly_settings_recalibrates(tiny_model, tiny_cohort, tmp_path):
-    base = json.loads((tiny_model / "meta.json").read_text())["threshold"]
+    base = json.loads((tiny_model / "meta.json").read_text(encoding="utf-8"))["threshold"]
     result = invoke("evaluate", "--model", tiny_model, "--data", tiny_cohort, "--out", tmp_path / "r",
                     "anomaly.t0=60", "sampler.num_inference_steps=2")
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    report = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
     assert report["anomaly"]["t0"] == 60 and report["network_evals_per_slice"] == 2
     assert report["methods"]["anodiff"]["threshold_calibrated"] != pytest.approx(base)
     refused = invoke("evaluate", "--model", tiny_model, "--data", tiny_cohort, "--out", tmp_path / "r2",

@@ -33,7 +33,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         source = str(path)
         base_dir = path.parent
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"{path}: cannot read config as text ({err})") from err
         except yaml.YAMLError as err:  # also a !!python tag: safe_load never constructs objects

@@ -118,7 +118,7 @@ def generated_by_anodiff(folder: Path) -> bool:
     """Whether ``folder`` is a derivatives dataset anodiff wrote (``prepare``'s scans and masks lie on its own
     grid, ``detect``'s are outputs): never the inputs of the dataset it came from."""
     try:
-        description = json.loads((folder / DESCRIPTION).read_text())
+        description = json.loads((folder / DESCRIPTION).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return any(isinstance(tool, dict) and tool.get("Name") == "anodiff" for tool in description.get("GeneratedBy", []))

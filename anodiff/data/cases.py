@@ -235,7 +235,7 @@ def _parse_name(path: Path, root: Path, default_modality: str) -> tuple[str, str
 
 def _discover_datalist(path: Path) -> Discovery:
     try:
-        content = json.loads(path.read_text())
+        content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"{path}: not a readable JSON datalist ({err})") from err
     if isinstance(content, list):

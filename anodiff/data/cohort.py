@@ -85,7 +85,7 @@ def write_cohort(
     modalities = ("t1", "t2", "flair") if raw else MODALITIES
     meta = {"seed": seed, "spacing_mm": spacing_mm, "raw": raw, "modalities": list(modalities),
             "label_scheme": "brats2021", "licence": LICENCE, "cases": [asdict(i) for i in infos]}
-    (staging / "cohort.json").write_text(json.dumps(meta, indent=2))
+    (staging / "cohort.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     outputs.remove(out, what="cohort folder")
     staging.rename(out)  # the cohort appears whole or not at all
     return infos
@@ -105,7 +105,7 @@ def read_cohort_info(root: str | Path) -> dict[str, CaseInfo]:
     if not path.is_file():
         return {}
     try:
-        content = json.loads(path.read_text())
+        content = json.loads(path.read_text(encoding="utf-8"))
         return {c["id"]: CaseInfo(**{**c, "shape": tuple(c["shape"]), "spacing_mm": tuple(c["spacing_mm"])})
                 for c in content.get("cases", [])}
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError) as err:

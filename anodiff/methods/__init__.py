@@ -83,6 +83,6 @@ def model_card(folder: str | Path) -> str:
     give."""
     folder = Path(folder)
     if (folder / CARD).is_file():
-        return (folder / CARD).read_text()
+        return (folder / CARD).read_text(encoding="utf-8")
     method, config, meta = read_model(folder)
     return method.card(config, meta)

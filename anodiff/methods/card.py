@@ -111,7 +111,7 @@ def data_licence(root: Path) -> str:
             return f"{found} (from `{name}`)"
     for name in LICENCE_FILES:
         if (root / name).is_file():
-            first = next((line.strip() for line in (root / name).read_text(errors="replace").splitlines()
+            first = next((line.strip() for line in (root / name).read_text("utf-8", "replace").splitlines()
                           if line.strip()), "")
             return f"{first} (from `{name}`)"
     return "not stated in the data folder; check the data's own terms before sharing this model"
@@ -119,7 +119,7 @@ def data_licence(root: Path) -> str:
 
 def read_json(path: Path) -> dict:
     try:
-        found = json.loads(path.read_text())
+        found = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return found if isinstance(found, dict) else {}

@@ -95,6 +95,6 @@ def read_options(root: Path) -> Options | None:
     if not path.is_file():
         return None
     try:
-        return Options(**json.loads(path.read_text())["options"])
+        return Options(**json.loads(path.read_text(encoding="utf-8"))["options"])
     except (ValueError, KeyError, TypeError) as err:
         raise DataError(f"{path}: not a readable preparation record ({err})") from err

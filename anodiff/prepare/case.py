@@ -90,7 +90,7 @@ def prepare_case(case: Case, out: Path, options: Options = Options()) -> Path:
     (staging / "prepare").mkdir()
     try:
         record = _prepare_into(case, staging, options)
-        (staging / "prepare" / "prepare.json").write_text(json.dumps(record, indent=2))
+        (staging / "prepare" / "prepare.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
         # The old case is moved aside, not removed, until the new one is in place: a kill loses neither.
         if folder.exists():
             folder.rename(old)
@@ -213,7 +213,7 @@ def read_record(prepared: Path) -> dict:
     """The ``prepare.json`` of a prepared case folder, or DataError."""
     path = Path(prepared) / "prepare" / "prepare.json"
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: not a readable preparation record ({err})") from err
 

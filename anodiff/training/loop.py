@@ -198,7 +198,7 @@ def _log_row(path: Path, meter: _Meter, done: int, cfg: TrainConfig, board=None)
         return
     rate = len(meter.losses) / max(time.perf_counter() - meter.window_start, 1e-9)
     mean = sum(meter.losses) / len(meter.losses)
-    with path.open("a", newline="") as handle:
+    with path.open("a", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerow([done, f"{mean:.6f}", f"{learning_rate(cfg, done - 1):.4g}", f"{rate:.3f}"])
     if board is not None:
         board.add_scalar("train/loss", mean, done)
@@ -232,8 +232,8 @@ def _draw_progress(out_dir: Path, board, step: int, *, last: bool) -> None:
 def start_log(path: Path, start: int) -> None:
     """A fresh log.csv, or on resume the rows up to the checkpoint (later ones belong to steps redone)."""
     if start == 0 or not path.exists():
-        path.write_text("step,loss,lr,steps_per_s\n")
+        path.write_text("step,loss,lr,steps_per_s\n", encoding="utf-8")
         return
-    header, *rows = path.read_text().splitlines()
+    header, *rows = path.read_text(encoding="utf-8").splitlines()
     kept = [r for r in rows if r.split(",")[0].isdigit() and int(r.split(",")[0]) <= start]
-    path.write_text("\n".join([header, *kept]) + "\n")
+    path.write_text("\n".join([header, *kept]) + "\n", encoding="utf-8")
