@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from anodiff.evaluation.anomaly import interval  # noqa: E402
 from anodiff.evaluation.report import fmt  # noqa: E402
 from anodiff.methods import load_model  # noqa: E402
 from anodiff.methods.anomaly.method import with_anomaly_settings  # noqa: E402
@@ -35,12 +36,12 @@ def main() -> None:
         again = with_anomaly_settings(model, [f"anomaly.fpr={model.config.anomaly.fpr}"])
         before, after = groups(model.meta["sensitivity"]), groups(again.meta["sensitivity"])
         print(f"\n{folder}: threshold {model.meta['threshold']:.4f} -> {again.meta['threshold']:.4f}\n")
-        print("| anomalies | count before | AUROC before | count now | AUROC now | AUPRC now |")
-        print("| --- | --- | --- | --- | --- | --- |")
+        print("| anomalies | count before | AUROC before | count now | AUROC now | 95% interval now | AUPRC now |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         for name in after:
             old, new = before.get(name, {}), after[name]
             print(f"| {name} | {old.get('count', '-')} | {fmt(old.get('auroc'))} | {new['count']} | "
-                  f"{fmt(new['auroc'])} | {fmt(new['auprc'])} |")
+                  f"{fmt(new['auroc'])} | {interval(new.get('auroc_interval'))} | {fmt(new['auprc'])} |")
 
 
 if __name__ == "__main__":

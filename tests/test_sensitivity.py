@@ -22,11 +22,11 @@ from anodiff.data.datasets import SliceDataset, away_from_label
 from anodiff.diffusion.noise import checkerboard
 from anodiff.diffusion.sampler import build_scheduler, reconstruct
 from anodiff.errors import ConfigError
-from anodiff.evaluation.metrics import SIZE_BINS_ML
+from anodiff.evaluation.metrics import SIZE_BINS_ML, auroc
 from anodiff.inference.standardise import ResidualStats, edge_strength
 from anodiff.methods import validate
 from anodiff.methods.anomaly.scoring import anomaly_grid, cell_groups, passes_per_input, reconstruct_slices
-from anodiff.methods.anomaly.sensitivity import summarise
+from anodiff.methods.anomaly.sensitivity import auroc_interval, summarise
 from anodiff.training.objectives import DenoisingObjective, random_cells
 from tests.conftest import TINY
 
@@ -95,14 +95,33 @@ def test_summary_ranks_what_stands_out_and_sees_what_does_not():
     assert check["sizes"]["large (>10 ml)"]["count"] == 1 and check["all"]["count"] == 3
 
 
+def test_the_interval_is_wide_for_a_few_unlike_anomalies_and_narrow_for_many_alike():
+    """The bootstrap is over anomalies: its centre is the voxel AUROC itself (same ranks), a kind of three
+    anomalies, one missed, is uncertain, and forty found alike are not."""
+    rng = np.random.default_rng(1)
+    negatives = rng.normal(0, 1, 20_000)
+    few = [rng.normal(4, 1, 30), rng.normal(4, 1, 30), rng.normal(0, 1, 30)]
+    many = [rng.normal(4, 1, 30) for _ in range(40)]
+    truth = np.r_[np.zeros(negatives.size, bool), np.ones(90, bool)]
+    (low, high), point = auroc_interval(negatives, few, seed=0), auroc(np.concatenate([negatives, *few]), truth)
+    assert low < point < high and high - low > 0.3
+    low, high = auroc_interval(negatives, many, seed=0)
+    assert low > 0.99 and high - low < 0.01
+    alone = auroc(np.r_[negatives, few[0]], truth[:-60])
+    assert auroc_interval(negatives, [few[0]], seed=0) == [pytest.approx(alone)] * 2  # one anomaly: no spread
+
+
 def test_a_trained_model_carries_its_sensitivity_check_into_every_report(tiny_model, tiny_cohort, tmp_path):
     check = json.loads((tiny_model / "meta.json").read_text(encoding="utf-8"))["sensitivity"]
     assert set(check["kinds"]) == set(KINDS) and check["all"]["count"] >= 6
     assert 0 <= check["all"]["auroc"] <= 1 and check["healthy_voxels"] > 500
+    low, high = check["all"]["auroc_interval"]
+    assert low <= check["all"]["auroc"] <= high
     result = CliRunner().invoke(app, ["evaluate", "--model", str(tiny_model), "--data", str(tiny_cohort), "--out",
                                       str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
-    assert "Sensitivity check" in (tmp_path / "r" / "summary.md").read_text(encoding="utf-8")
+    summary = (tmp_path / "r" / "summary.md").read_text(encoding="utf-8")
+    assert "Sensitivity check" in summary and f"{low:.3f}-{high:.3f}" in summary
 
 
 # ---------------------------------------------------------------- healthy tissue by margin

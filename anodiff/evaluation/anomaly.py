@@ -144,13 +144,20 @@ def sensitivity_table(check: dict) -> Table:
     """The model's sensitivity check (measured at calibration): generic anomalies inserted into held-out healthy
     data, how well the map finds them, by kind and by size."""
     groups = [*check["kinds"].items(), *check["sizes"].items(), ("all", check["all"])]
-    rows = [(name.replace("_", " "), str(f["count"]), fmt(f["auroc"]), fmt(f["auprc"])) for name, f in groups]
+    rows = [(name.replace("_", " "), str(f["count"]), fmt(f["auroc"]), interval(f.get("auroc_interval")),
+             fmt(f["auprc"])) for name, f in groups]
     return Table("Sensitivity check (synthetic anomalies in held-out healthy data, at calibration)",
-                 ("anomalies", "count", "AUROC", "AUPRC"), rows,
+                 ("anomalies", "count", "AUROC", "AUROC 95% interval", "AUPRC"), rows,
                  note=f"Kinds and sizes from 0.05 to 50 ml inserted into held-out healthy volumes and scored as "
                       f"detection scores them; each anomaly's voxels are those its insertion visibly changed, "
                       f"against {check['healthy_voxels']} untouched voxels of the same volumes; no label involved. "
+                      "The interval is a bootstrap over the anomalies: a few anomalies make a wide one. "
                       "The healthy floor shows false positives, this check shows misses.")
+
+
+def interval(bounds: list[float] | None) -> str:
+    """``[low, high]`` as 'low-high' (a check measured before intervals were: '-')."""
+    return f"{fmt(bounds[0])}-{fmt(bounds[1])}" if bounds else "-"
 
 
 def _methods_table(figures: dict) -> Table:
