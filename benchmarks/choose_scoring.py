@@ -5,8 +5,10 @@ model on its own held-out healthy cases, which measures the healthy floor (false
 positives) and the sensitivity check (misses of generic anomalies inserted into that
 healthy data). No test case and no label is read. The candidate chosen has the best
 worst-case AUROC over the check's kinds and sizes, among those whose healthy floor
-(residual p99) stays within ``--floor-slack`` of the first candidate's. Writes
-``docs/results/choose_scoring_<name>.md``.
+(residual p99) stays within ``--floor-slack`` of the first candidate's, and only if
+that AUROC is above the upper end of the first candidate's interval for its own worst
+group: a gain inside the check's noise (a few anomalies a kind) keeps the first.
+Writes ``docs/results/choose_scoring_<name>.md``.
 
     python benchmarks/choose_scoring.py --model demo-output/model --name demo \\
         --candidate "" --candidate "anomaly.extra_t0=[300] anomaly.combine_levels=max"
@@ -32,7 +34,10 @@ def label_free_figures(model) -> dict[str, float]:
     check = model.meta["sensitivity"]
     groups = {**check["kinds"], **check["sizes"]}
     aurocs = {name: f["auroc"] for name, f in groups.items() if f["auroc"] is not None}
+    worst = min(aurocs, key=aurocs.get)
     return {"floor_p99": model.meta["healthy_floor"]["zones"]["overall"]["score_p99"],
+            # the upper end of the worst group's interval (checks measured before intervals: the AUROC itself)
+            "worst_high": (groups[worst].get("auroc_interval") or [aurocs[worst]] * 2)[1],
             "floor_ssim": model.meta["healthy_floor"]["zones"]["overall"]["ssim_mean"],
             "worst_auroc": min(aurocs.values()), "mean_auroc": float(np.mean(list(aurocs.values()))),
             "all_auroc": check["all"]["auroc"], "all_auprc": check["all"]["auprc"],
@@ -41,9 +46,13 @@ def label_free_figures(model) -> dict[str, float]:
 
 
 def choose(rows: dict[str, dict[str, float]], slack: float) -> str:
-    """The candidate with the best worst-case AUROC whose floor is within ``slack`` of the first's."""
-    first = next(iter(rows.values()))["floor_p99"]
-    allowed = {name: r for name, r in rows.items() if r["floor_p99"] <= first * (1 + slack)}
+    """The candidate with the best worst-case AUROC whose floor is within ``slack`` of the first's and whose
+    worst-case AUROC clears the first's interval; the first when none does."""
+    first_name, first = next(iter(rows.items()))
+    allowed = {name: r for name, r in rows.items()
+               if r["floor_p99"] <= first["floor_p99"] * (1 + slack) and r["worst_auroc"] > first["worst_high"]}
+    if not allowed:
+        return first_name
     return max(allowed, key=lambda name: (allowed[name]["worst_auroc"], allowed[name]["all_auprc"]))
 
 
@@ -79,7 +88,8 @@ def main() -> None:
     chosen = choose(rows, args.floor_slack)
     body = (f"Model `{args.model.name}`; every candidate recalibrated on the model's held-out healthy cases. Chosen: "
             f"the best worst-case AUROC of the sensitivity check over its kinds and sizes, among the candidates whose "
-            f"healthy floor (residual p99) is within {args.floor_slack:.0%} of the first's. No test case or label "
+            f"healthy floor (residual p99) is within {args.floor_slack:.0%} of the first's and whose worst-case AUROC "
+            f"is above the upper end of the first's 95% interval (otherwise the first). No test case or label "
             f"is read.\n\n" + markdown(rows, chosen) + f"\n\nChosen: `{chosen or 'the model as trained'}`\n")
     write_results(f"choose_scoring_{args.name}", f"Scoring settings chosen on healthy data ({args.name})", body,
                   configs=[args.model / "config.yaml"], minutes=(time.perf_counter() - start) / 60)
