@@ -16,7 +16,7 @@ row per lever against a copied tumour, ``docs/results/brats2018_levers.md``.
     python benchmarks/brats2018.py --out runs/brats2018
     python benchmarks/brats2018.py --rows t2 flair --out runs/brats2018
     python benchmarks/brats2018.py --levers --folds TCIA02      # docs/results/brats2018_levers.md
-    python benchmarks/brats2018.py --levers --rows coarse_t300 coarse_t500 --results brats2018_noise
+    python benchmarks/brats2018.py --levers --rows coarse_t300 coarse_t500 coarse_pair --results brats2018_noise
 """
 
 from __future__ import annotations
