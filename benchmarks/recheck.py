@@ -8,7 +8,7 @@ columns is only the code of the check (its anomalies and their labels) and of th
 scoring, so a change to either is measured on the model it was measured on before.
 ``--scoring`` reads the model with other settings (recalibrated on the same healthy
 cases); ``--sizes LO HI`` draws every anomaly between LO and HI ml instead of the
-check's strata (e.g. tumour-sized ones, beyond the check's 50 ml). Nothing is written
+check's strata (e.g. tumour-sized ones only). Nothing is written
 to the model folder.
 """
 

@@ -1,7 +1,7 @@
 """Generic synthetic anomalies, inserted into healthy volumes for the label-free sensitivity check.
 
 The healthy floor shows false positives; it cannot show misses. So at calibration
-anodiff inserts anomalies of every size (0.05-50 ml) and of generic kinds into
+anodiff inserts anomalies of every size (0.05-150 ml) and of generic kinds into
 held-out healthy data and measures how well the map finds them. The kinds are not
 keyed to any lesion of the synthetic cohort or of a data set (in the spirit of
 foreign-patch interpolation, Tan et al. 2020, and DISYRE, Marimont & Tarroni 2023):
@@ -34,9 +34,10 @@ import numpy as np
 from scipy import ndimage
 
 KINDS = ("brighter", "darker", "mixed", "one_modality", "texture", "mass")
-SIZE_RANGE_ML = (0.05, 50.0)
+SIZE_RANGE_ML = (0.05, 150.0)
 # Size strata the draws cycle through, so every size bin of the report is filled (ml, log-uniform within each).
-SIZE_STRATA_ML = ((0.05, 1.0), (1.0, 10.0), (10.0, 50.0))
+# The last is tumour-sized: a reconstruction that copies a whole tumour copies a 100 ml blob, not a 30 ml one.
+SIZE_STRATA_ML = ((0.05, 1.0), (1.0, 10.0), (10.0, 50.0), (50.0, 150.0))
 CONTRAST = (0.1, 0.35)  # |intensity change| of the intensity kinds, normalised units (healthy tissue ~0.2-0.8)
 MASS_CONTRAST = 0.08  # at most, relative to the tissue it replaces
 EDGE = 0.3  # the blob's soft edge, as a fraction of its radius

@@ -148,7 +148,7 @@ def sensitivity_table(check: dict) -> Table:
              fmt(f["auprc"])) for name, f in groups]
     return Table("Sensitivity check (synthetic anomalies in held-out healthy data, at calibration)",
                  ("anomalies", "count", "AUROC", "AUROC 95% interval", "AUPRC"), rows,
-                 note=f"Kinds and sizes from 0.05 to 50 ml inserted into held-out healthy volumes and scored as "
+                 note=f"Kinds and sizes from 0.05 to 150 ml inserted into held-out healthy volumes and scored as "
                       f"detection scores them; each anomaly's voxels are those its insertion visibly changed, "
                       f"against {check['healthy_voxels']} untouched voxels of the same volumes; no label involved. "
                       "The interval is a bootstrap over the anomalies: a few anomalies make a wide one. "

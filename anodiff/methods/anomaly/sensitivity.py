@@ -2,7 +2,7 @@
 
 At calibration, after the healthy statistics and the threshold are fixed, a few
 held-out healthy volumes get copies with synthetic anomalies inserted
-(:mod:`anodiff.data.anomalies`: every size from 0.05 to 50 ml, brighter, darker,
+(:mod:`anodiff.data.anomalies`: every size from 0.05 to 150 ml, brighter, darker,
 mixed, one modality, texture, and an iso-intense mass that pushes tissue aside).
 The copies are reconstructed (a 2D model only on the slices an anomaly reaches) and
 scored exactly as detection scores them; AUROC and AUPRC of the map, by kind and by
