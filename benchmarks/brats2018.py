@@ -99,7 +99,7 @@ LEVERS = (
     # The healing level beside the low one, each standardised on healthy tissue, the maps' maximum: small lesions
     # that a coarse noise at t0 300 smooths over may still stand out at t0 100.
     Row("coarse_pair", "margin, coarse noise, t0 300 and 100 scored apart (max)", (ALL_FOUR, *LABELLED),
-        ("anomaly.t0=300", "anomaly.extra_t0=[100]", "anomaly.combine_levels=max")),
+        LABELLED_SCORING),
     # The same pair on Gaussian noise: coarse noise leaves the fine structure of x_t in place, so a region with less
     # of it than healthy tissue (blur, a featureless fill) may be copied rather than rebuilt.
     Row("gauss_pair", "margin, Gaussian noise, t0 300 and 100 scored apart (max)", (ALL_FOUR, MARGIN),

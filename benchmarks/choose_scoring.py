@@ -39,7 +39,7 @@ def label_free_figures(model) -> dict[str, float]:
             # the upper end of the worst group's interval (checks measured before intervals: the AUROC itself)
             "worst_high": (groups[worst].get("auroc_interval") or [aurocs[worst]] * 2)[1],
             "floor_ssim": model.meta["healthy_floor"]["zones"]["overall"]["ssim_mean"],
-            "worst_auroc": min(aurocs.values()), "mean_auroc": float(np.mean(list(aurocs.values()))),
+            "worst_auroc": aurocs[worst], "mean_auroc": float(np.mean(list(aurocs.values()))),
             "all_auroc": check["all"]["auroc"], "all_auprc": check["all"]["auprc"],
             **{f"auroc {name}": value for name, value in aurocs.items()},
             "passes": passes_per_input(model.config)}

@@ -34,10 +34,10 @@ import numpy as np
 from scipy import ndimage
 
 KINDS = ("brighter", "darker", "mixed", "one_modality", "texture", "mass")
-SIZE_RANGE_ML = (0.05, 150.0)
 # Size strata the draws cycle through, so every size bin of the report is filled (ml, log-uniform within each).
 # The last is tumour-sized: a reconstruction that copies a whole tumour copies a 100 ml blob, not a 30 ml one.
 SIZE_STRATA_ML = ((0.05, 1.0), (1.0, 10.0), (10.0, 50.0), (50.0, 150.0))
+SIZE_RANGE_ML = (SIZE_STRATA_ML[0][0], SIZE_STRATA_ML[-1][1])
 CONTRAST = (0.1, 0.35)  # |intensity change| of the intensity kinds, normalised units (healthy tissue ~0.2-0.8)
 MASS_CONTRAST = 0.08  # at most, relative to the tissue it replaces
 EDGE = 0.3  # the blob's soft edge, as a fraction of its radius

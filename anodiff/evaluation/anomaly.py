@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from anodiff.data.anomalies import SIZE_RANGE_ML
 from anodiff.evaluation.metrics import (
     auprc,
     auroc,
@@ -148,9 +149,10 @@ def sensitivity_table(check: dict) -> Table:
              fmt(f["auprc"])) for name, f in groups]
     return Table("Sensitivity check (synthetic anomalies in held-out healthy data, at calibration)",
                  ("anomalies", "count", "AUROC", "AUROC 95% interval", "AUPRC"), rows,
-                 note=f"Kinds and sizes from 0.05 to 150 ml inserted into held-out healthy volumes and scored as "
-                      f"detection scores them; each anomaly's voxels are those its insertion visibly changed, "
-                      f"against {check['healthy_voxels']} untouched voxels of the same volumes; no label involved. "
+                 note=f"Kinds and sizes from {SIZE_RANGE_ML[0]:g} to {SIZE_RANGE_ML[1]:g} ml inserted into held-out "
+                      f"healthy volumes and scored as detection scores them; each anomaly's voxels are those its "
+                      f"insertion visibly changed, against {check['healthy_voxels']} untouched voxels of the same "
+                      "volumes; no label involved. "
                       "The interval is a bootstrap over the anomalies: a few anomalies make a wide one. "
                       "The healthy floor shows false positives, this check shows misses.")
 
